@@ -1,0 +1,44 @@
+"""The cluster model: every object the compiler reasons about, as one frozen value.
+
+The operator builds it from its watches, the CLI from manifests; the compiler never asks
+where it came from. Namespaces that pods or policies mention but that were never declared
+are implied (with only their name label), as they would exist in any cluster that holds them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from compiler.model import NAMESPACE_NAME_LABEL, Namespace, NetworkPolicy, Node, Pod
+
+
+@dataclass(frozen=True)
+class ClusterModel:
+    namespaces: tuple[Namespace, ...] = ()
+    pods: tuple[Pod, ...] = ()
+    policies: tuple[NetworkPolicy, ...] = ()
+    nodes: tuple[Node, ...] = ()
+    _ns_labels: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        labels = {ns.metadata.name: ns.effective_labels() for ns in self.namespaces}
+        for obj in (*self.pods, *self.policies):
+            name = obj.metadata.namespace or "default"
+            labels.setdefault(name, {NAMESPACE_NAME_LABEL: name})
+        self._ns_labels.update(labels)
+
+    def namespace_names(self) -> tuple[str, ...]:
+        """Declared and implied namespaces, sorted."""
+        return tuple(sorted(self._ns_labels))
+
+    def namespace_labels(self, name: str) -> dict[str, str]:
+        """Effective labels of a namespace (implied ones carry only kubernetes.io/metadata.name)."""
+        return self._ns_labels.get(name, {NAMESPACE_NAME_LABEL: name})
+
+    def node(self, name: str) -> Node | None:
+        return next((n for n in self.nodes if n.metadata.name == name), None)
+
+    def pod(self, namespace: str, name: str) -> Pod | None:
+        return next(
+            (p for p in self.pods if p.metadata.namespace == namespace and p.metadata.name == name), None
+        )

@@ -1,0 +1,232 @@
+"""Pydantic models of the Kubernetes objects Stockade reads.
+
+Field names are snake_case in Python and camelCase (the API's spelling) on the wire; models
+accept either. NetworkPolicy and ObjectMeta are strict (an unknown field is an error, since a
+misspelt selector silently changes who may talk to whom); Pod, Node and Namespace specs and
+statuses keep only what Stockade uses and ignore the rest (they carry hundreds of fields that
+cannot affect policy).
+
+Models are frozen. Their dict fields are never mutated after parsing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+Protocol = Literal["TCP", "UDP", "SCTP"]
+PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP", "SCTP")
+
+# The API server sets this label on every namespace, equal to its name (immutable).
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, alias_generator=to_camel, strict=False
+    )
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(
+        frozen=True, extra="ignore", populate_by_name=True, alias_generator=to_camel, strict=False
+    )
+
+
+class ObjectMeta(_Strict):
+    name: str = ""
+    namespace: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+    # Server-populated fields: accepted (objects copied from `kubectl get -o yaml` carry them)
+    # and otherwise ignored.
+    generate_name: str | None = None
+    uid: str | None = None
+    resource_version: str | None = None
+    generation: int | None = None
+    creation_timestamp: Any = None
+    deletion_timestamp: Any = None
+    deletion_grace_period_seconds: int | None = None
+    self_link: str | None = None
+    owner_references: list[Any] | None = None
+    finalizers: list[str] | None = None
+    managed_fields: list[Any] | None = None
+
+
+# --- label selectors -------------------------------------------------------------------------
+
+SelectorOperator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
+
+
+class LabelSelectorRequirement(_Strict):
+    key: str
+    operator: SelectorOperator
+    values: tuple[str, ...] = ()
+
+
+class LabelSelector(_Strict):
+    """An empty selector (``{}``) selects everything; a *missing* selector is ``None`` upstream."""
+
+    match_labels: dict[str, str] = Field(default_factory=dict)
+    match_expressions: tuple[LabelSelectorRequirement, ...] = ()
+
+
+# --- NetworkPolicy (networking.k8s.io/v1) ------------------------------------------------------
+
+
+class IPBlock(_Strict):
+    cidr: str
+    except_: tuple[str, ...] = Field(default=(), alias="except")
+
+
+class NetworkPolicyPeer(_Strict):
+    pod_selector: LabelSelector | None = None
+    namespace_selector: LabelSelector | None = None
+    ip_block: IPBlock | None = None
+
+
+class NetworkPolicyPort(_Strict):
+    # The API server defaults a missing protocol to TCP.
+    protocol: Protocol = "TCP"
+    # int: a port number; str: a named container port (IANA_SVC_NAME); None: all ports.
+    port: int | str | None = None
+    end_port: int | None = None
+
+
+class NetworkPolicyIngressRule(_Strict):
+    ports: tuple[NetworkPolicyPort, ...] = ()
+    from_: tuple[NetworkPolicyPeer, ...] = Field(default=(), alias="from")
+
+
+class NetworkPolicyEgressRule(_Strict):
+    ports: tuple[NetworkPolicyPort, ...] = ()
+    to: tuple[NetworkPolicyPeer, ...] = ()
+
+
+PolicyType = Literal["Ingress", "Egress"]
+
+
+class NetworkPolicySpec(_Strict):
+    pod_selector: LabelSelector
+    policy_types: tuple[PolicyType, ...] | None = None
+    ingress: tuple[NetworkPolicyIngressRule, ...] = ()
+    egress: tuple[NetworkPolicyEgressRule, ...] = ()
+
+    def effective_policy_types(self) -> tuple[PolicyType, ...]:
+        """policyTypes as the API server defaults it: Ingress always, Egress if egress rules exist."""
+        if self.policy_types:
+            return self.policy_types
+        return ("Ingress", "Egress") if self.egress else ("Ingress",)
+
+
+class NetworkPolicy(_Strict):
+    api_version: Literal["networking.k8s.io/v1"] = "networking.k8s.io/v1"
+    kind: Literal["NetworkPolicy"] = "NetworkPolicy"
+    metadata: ObjectMeta
+    spec: NetworkPolicySpec
+    status: Any = None
+
+    @property
+    def key(self) -> str:
+        """``namespace/name``: how rules, comments and explanations name this policy."""
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+
+# --- Pod ----------------------------------------------------------------------------------------
+
+
+class ContainerPort(_Lenient):
+    container_port: int
+    name: str | None = None
+    protocol: Protocol = "TCP"
+
+
+class Container(_Lenient):
+    name: str = ""
+    ports: tuple[ContainerPort, ...] = ()
+
+
+class PodSpec(_Lenient):
+    node_name: str | None = None
+    host_network: bool = False
+    containers: tuple[Container, ...] = ()
+    init_containers: tuple[Container, ...] = ()
+
+
+class PodIP(_Lenient):
+    ip: str
+
+
+class PodStatus(_Lenient):
+    phase: str | None = None
+    pod_ip: str | None = Field(default=None, alias="podIP")
+    pod_ips: tuple[PodIP, ...] = Field(default=(), alias="podIPs")
+
+
+class Pod(_Lenient):
+    api_version: str = "v1"
+    kind: Literal["Pod"] = "Pod"
+    metadata: ObjectMeta
+    spec: PodSpec = Field(default_factory=PodSpec)
+    status: PodStatus = Field(default_factory=PodStatus)
+
+    @property
+    def key(self) -> str:
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+    def ips(self) -> tuple[str, ...]:
+        """Every address of the pod, podIPs first (the API keeps podIP == podIPs[0])."""
+        seen: list[str] = [p.ip for p in self.status.pod_ips]
+        if self.status.pod_ip and self.status.pod_ip not in seen:
+            seen.insert(0, self.status.pod_ip)
+        return tuple(seen)
+
+    def container_ports(self) -> tuple[ContainerPort, ...]:
+        """Ports of regular and init containers (restartable init containers serve too)."""
+        return tuple(p for c in (*self.spec.containers, *self.spec.init_containers) for p in c.ports)
+
+
+# --- Namespace and Node ----------------------------------------------------------------------------
+
+
+class Namespace(_Lenient):
+    api_version: str = "v1"
+    kind: Literal["Namespace"] = "Namespace"
+    metadata: ObjectMeta
+
+    def effective_labels(self) -> dict[str, str]:
+        """Labels as the API server stores them: kubernetes.io/metadata.name is always its name."""
+        return {**self.metadata.labels, NAMESPACE_NAME_LABEL: self.metadata.name}
+
+
+class NodeSpec(_Lenient):
+    pod_cidr: str | None = Field(default=None, alias="podCIDR")
+    pod_cidrs: tuple[str, ...] = Field(default=(), alias="podCIDRs")
+
+
+class NodeAddress(_Lenient):
+    type: str
+    address: str
+
+
+class NodeStatus(_Lenient):
+    addresses: tuple[NodeAddress, ...] = ()
+
+
+class Node(_Lenient):
+    api_version: str = "v1"
+    kind: Literal["Node"] = "Node"
+    metadata: ObjectMeta
+    spec: NodeSpec = Field(default_factory=NodeSpec)
+    status: NodeStatus = Field(default_factory=NodeStatus)
+
+    def pod_cidrs(self) -> tuple[str, ...]:
+        cidrs = list(self.spec.pod_cidrs)
+        if self.spec.pod_cidr and self.spec.pod_cidr not in cidrs:
+            cidrs.insert(0, self.spec.pod_cidr)
+        return tuple(cidrs)
+
+    def internal_ips(self) -> tuple[str, ...]:
+        return tuple(a.address for a in self.status.addresses if a.type == "InternalIP")

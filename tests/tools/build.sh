@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Build the pinned Kubernetes test tools from source (Go module proxy only)
+# into a cache directory outside the repo.
+#
+#   BIN=$(tests/tools/build.sh | tail -1)           # all tools
+#   BIN=$(tests/tools/build.sh etcd kubectl | tail -1)
+#
+# stdout: only the bin dir, as the last line. Progress goes to stderr.
+# Env:
+#   STOCKADE_TOOLS_DIR   cache root (default /var/cache/stockade/tools)
+#   STOCKADE_TOOLS_JOBS  go build -p (default 2)
+#   GO                   go binary (default: `go` on PATH, else /usr/local/go/bin/go)
+# See README.md next to this script.
+set -euo pipefail
+
+# Bump to force a rebuild of every binary (e.g. after changing build flags
+# below). Version bumps of the tools themselves change go.mod/go.sum, which
+# already changes the cache key.
+TOOLS_BUILD_VERSION=1
+
+# Values stamped into the binaries. Keep in step with the go.mod pins.
+KUBE_VERSION=v1.37.2
+HELM_VERSION=v3.22.0
+ETCD_VERSION=v3.7.3
+CNI_VERSION=v1.3.1
+BUILD_DATE=2026-01-01T00:00:00Z   # fixed, for reproducible binaries
+
+ALL_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl etcd helm cnitool)
+MODULE_DIRS=(kube etcd helm cni)
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+CACHE=${STOCKADE_TOOLS_DIR:-/var/cache/stockade/tools}
+JOBS=${STOCKADE_TOOLS_JOBS:-2}
+
+log() { printf '%s\n' "build.sh: $*" >&2; }
+die() { printf '%s\n' "build.sh: ERROR: $*" >&2; exit 1; }
+
+# ---- per-tool build recipe -------------------------------------------------
+# Sets: mod (module dir under tests/tools), pkg (Go package), ldx (extra
+# ldflags), tags, want (substring `<tool> <verargs>` output must contain).
+recipe() {
+  local kx="" p
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    kx+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37"
+    kx+=" -X $p.gitTreeState=clean -X $p.buildDate=$BUILD_DATE"
+  done
+  tags=""; verargs=(--version); want=""
+  case "$1" in
+    kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubectl)
+      mod=kube; pkg=k8s.io/kubernetes/cmd/$1; ldx=$kx
+      tags=selinux,notest,grpcnotrace   # as upstream hack/lib/golang.sh
+      want="$KUBE_VERSION"
+      [[ $1 == kubectl ]] && verargs=(version --client)
+      ;;
+    etcd)
+      mod=etcd; pkg=go.etcd.io/etcd/server/v3; want="etcd Version: ${ETCD_VERSION#v}"
+      ldx="-X go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION"
+      ;;
+    helm)
+      mod=helm; pkg=helm.sh/helm/v3/cmd/helm; verargs=(version); want="$HELM_VERSION"
+      ldx="-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+      ldx+=" -X helm.sh/helm/v3/internal/version.metadata="
+      ldx+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+      # Default capabilities (helm template / lint) follow the client-go minor.
+      for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+        ldx+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=37"
+      done
+      ;;
+    cnitool)
+      mod=cni; pkg=github.com/containernetworking/cni/cnitool; ldx=""; verargs=()
+      ;;
+    *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
+  esac
+}
+
+# ---- arguments ---------------------------------------------------------------
+case "${1:-}" in
+  -h|--help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+esac
+if (($#)); then TOOLS=("$@"); else TOOLS=("${ALL_TOOLS[@]}"); fi
+for t in "${TOOLS[@]}"; do recipe "$t"; done   # validates names
+
+# ---- cache key ---------------------------------------------------------------
+hash_inputs() {
+  printf 'build-version %s\n' "$TOOLS_BUILD_VERSION"
+  local d f
+  for d in "${MODULE_DIRS[@]}"; do
+    for f in go.mod go.sum; do
+      [[ -f $HERE/$d/$f ]] || die "missing $HERE/$d/$f"
+      printf '== %s/%s\n' "$d" "$f"; cat "$HERE/$d/$f"
+    done
+  done
+}
+KEY=$(hash_inputs | sha256sum | cut -c1-12)
+BIN=$CACHE/$KEY/bin
+
+missing=()
+for t in "${TOOLS[@]}"; do [[ -x $BIN/$t ]] || missing+=("$t"); done
+
+update_link() {
+  # Atomic replace of $CACHE/bin -> $KEY/bin.
+  local cur; cur=$(readlink "$CACHE/bin" 2>/dev/null || true)
+  [[ $cur == "$KEY/bin" ]] && return 0
+  ln -sfn "$KEY/bin" "$CACHE/.bin.$$" && mv -Tf "$CACHE/.bin.$$" "$CACHE/bin"
+}
+
+if ((${#missing[@]} == 0)); then
+  [[ -w $CACHE ]] && update_link
+  echo "$BIN"; exit 0
+fi
+
+# ---- build -------------------------------------------------------------------
+mkdir -p "$BIN" 2>/dev/null || die "cannot create $BIN (set STOCKADE_TOOLS_DIR to a writable dir)"
+[[ -w $BIN ]] || die "$BIN is not writable (set STOCKADE_TOOLS_DIR to a writable dir)"
+
+GO=${GO:-$(command -v go || true)}
+[[ -n $GO ]] || { [[ -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go; }
+[[ -n $GO && -x $GO ]] || die "go not found (need Go >= 1.26 on PATH or GO=/path/to/go) to build: ${missing[*]}"
+gov=$("$GO" env GOVERSION) || die "'$GO env GOVERSION' failed"
+case $gov in
+  go1.2[6-9]*|go1.[3-9][0-9]*) ;;
+  *) die "$gov is too old; these modules need go >= 1.26" ;;
+esac
+
+# One build at a time per cache root; a second caller waits, then finds the
+# binaries already in place.
+exec 9>"$CACHE/.lock"
+if ! flock -n 9; then log "waiting for another build.sh holding $CACHE/.lock..."; flock 9; fi
+missing2=()
+for t in "${missing[@]}"; do [[ -x $BIN/$t ]] || missing2+=("$t"); done
+missing=("${missing2[@]+"${missing2[@]}"}")
+
+export GOTOOLCHAIN=local          # never fetch another toolchain
+export GOFLAGS="-mod=readonly -buildvcs=false"
+export CGO_ENABLED=0              # static binaries, like upstream releases
+export GOWORK=off
+
+tmp=""
+trap '[[ -n $tmp ]] && rm -f "$tmp"' EXIT
+total_start=$(date +%s)
+n=${#missing[@]}; i=0
+log "cache key $KEY, $gov, building $n of ${#TOOLS[@]}: ${missing[*]}"
+for t in "${missing[@]}"; do
+  i=$((i + 1))
+  recipe "$t"
+  log "building $t ($i/$n)..."
+  start=$(date +%s)
+  tmp=$(mktemp "$BIN/.$t.tmp.XXXXXX")
+  if ! (cd "$HERE/$mod" && nice -n 10 "$GO" build -p "$JOBS" -trimpath \
+          ${tags:+-tags "$tags"} -ldflags "-s -w $ldx" -o "$tmp" "$pkg"); then
+    die "go build of $t ($pkg in tests/tools/$mod) failed"
+  fi
+  chmod 0755 "$tmp"
+  if ((${#verargs[@]})); then
+    out=$("$tmp" "${verargs[@]}" 2>&1) || die "$t ${verargs[*]} failed: $out"
+    [[ $out == *"$want"* ]] || die "$t ${verargs[*]} printed '$out', expected '$want'"
+  fi
+  mv -f "$tmp" "$BIN/$t"; tmp=""
+  log "built $t in $(($(date +%s) - start))s"
+done
+update_link
+log "done: $n built in $(($(date +%s) - total_start))s -> $BIN"
+echo "$BIN"
