@@ -22,7 +22,8 @@ class ClusterModel:
 
     def __post_init__(self) -> None:
         labels = {ns.metadata.name: ns.effective_labels() for ns in self.namespaces}
-        for obj in (*self.pods, *self.policies):
+        objects: tuple[Pod | NetworkPolicy, ...] = (*self.pods, *self.policies)
+        for obj in objects:
             name = obj.metadata.namespace or "default"
             labels.setdefault(name, {NAMESPACE_NAME_LABEL: name})
         self._ns_labels.update(labels)

@@ -49,3 +49,18 @@ class InputError(StockadeError):
 
 class InternalError(StockadeError):
     """A bug in Stockade, never the user's fault; carries its cause via ``raise ... from``."""
+
+
+class PeerError(StockadeError):
+    """A source or destination given to the semantics (``stockade explain --from/--to``) is unusable."""
+
+
+class UnknownPeerError(PeerError):
+    """A pod named as a source or destination is not in the model; ``candidates`` are near matches."""
+
+    def __init__(self, role: str, key: str, *, candidates: Iterable[str] = ()) -> None:
+        self.role = role
+        self.key = key
+        self.candidates: tuple[str, ...] = tuple(candidates)
+        hint = f"; did you mean {', '.join(self.candidates)}?" if self.candidates else ""
+        super().__init__(f"{role} pod {key} is not in the model{hint}")

@@ -1,0 +1,33 @@
+# The README's two commands are `make demo` and `make test`; both install what they need first.
+PY := .venv/bin/python
+PYTEST := .venv/bin/pytest
+
+.PHONY: setup lint test unit kernel cluster demo bench
+
+setup:
+	bash .ci/setup
+
+lint: setup
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy --strict
+	.venv/bin/lint-imports
+
+# All tiers run; a tier that cannot start fails (its conftest says why), it never skips.
+test: setup
+	$(PYTEST) tests/unit tests/kernel tests/cluster
+
+unit: setup
+	$(PYTEST) tests/unit
+
+kernel: setup
+	$(PYTEST) tests/kernel
+
+cluster: setup
+	$(PYTEST) tests/cluster
+
+demo: setup
+	$(PY) -m tests.cluster.demo
+
+bench: setup
+	$(PY) tests/bench/compile.py
