@@ -1,0 +1,361 @@
+"""The offline commands: compile, explain, matrix, diff. They read manifests and need no cluster.
+
+Only :mod:`compiler` is imported here (and this package's output formatting), never the node-side
+parts of :mod:`controller`: the offline CLI must run where kopf, pyroute2 or libnftables are absent.
+
+Each command returns a :class:`Result` whose ``stdout`` is complete; the caller prints it only
+when the command succeeded, so bad input never produces a partial ruleset.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TextIO
+
+from compiler.cluster import ClusterModel
+from compiler.diff import connectivity_diff, ruleset_diff
+from compiler.errors import InputError, InternalError, PeerError, Problem
+from compiler.loader import LoadResult, load_manifests
+from compiler.matrix import (
+    Probe,
+    build_matrix,
+    container_probes,
+    default_probes,
+    parse_probes,
+    policy_probes,
+    sort_probes,
+    workload_of,
+)
+from compiler.model import Protocol
+from compiler.plan import build_plan
+from compiler.render_json import render_json
+from compiler.render_nft import render_nft
+from compiler.semantics import Family, Peer, evaluate, parse_ip
+from controller.cli import output
+
+OutputFormat = Literal["text", "json"]
+RulesetFormat = Literal["nft", "json"]
+MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
+STDIN_NAME = "<stdin>"
+
+
+class UsageError(Exception):
+    """The user asked for something that cannot be done (unknown node, missing file, bad flag value)."""
+
+
+@dataclass(frozen=True)
+class Result:
+    stdout: str
+    exit_code: int = 0
+    notes: tuple[str, ...] = ()  # for stderr, printed whether or not the command succeeded
+
+
+# --- reading manifests -----------------------------------------------------------------------------
+
+
+def read_sources(paths: Sequence[str], stdin: TextIO) -> tuple[list[tuple[str, str]], list[str]]:
+    """(file name, text) of every manifest under ``paths``, and notes; all unreadable paths at once.
+
+    Directories are searched recursively for *.yaml, *.yml and *.json in sorted order, skipping
+    hidden entries (``.git`` and the like); a file named explicitly is read whatever its name.
+    """
+    sources: list[tuple[str, str]] = []
+    problems: list[str] = []
+    notes: list[str] = []
+    for path in paths:
+        if path == "-":
+            sources.append((STDIN_NAME, stdin.read()))
+            continue
+        p = Path(path)
+        if p.is_dir():
+            files = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.suffix.lower() in MANIFEST_SUFFIXES
+                and not any(part.startswith(".") for part in f.relative_to(p).parts)
+            )
+            for f in files:
+                _read(f, str(f), sources, problems)
+            if not files:
+                notes.append(f"{path}: no manifests (*.yaml, *.yml, *.json) in this directory")
+        elif p.exists():
+            _read(p, path, sources, problems)
+        else:
+            problems.append(f"{path}: no such file or directory")
+    if problems:
+        raise UsageError("\n".join(problems))
+    return sources, notes
+
+
+def _read(path: Path, name: str, sources: list[tuple[str, str]], problems: list[str]) -> None:
+    try:
+        sources.append((name, path.read_text(encoding="utf-8")))
+    except UnicodeDecodeError:
+        problems.append(f"{name}: not UTF-8 text")
+    except OSError as e:
+        problems.append(f"{name}: cannot read: {e.strerror or e}")
+
+
+def load(paths: Sequence[str], stdin: TextIO) -> LoadResult:
+    sources, notes = read_sources(paths, stdin)
+    result = load_manifests(sources)
+    return LoadResult(result.model, (*notes, *result.notes))
+
+
+# --- nodes --------------------------------------------------------------------------------------------
+
+
+def known_nodes(model: ClusterModel) -> tuple[str, ...]:
+    """Node objects and the nodes pods are scheduled to, sorted."""
+    names = {n.metadata.name for n in model.nodes}
+    names |= {p.spec.node_name for p in model.pods if p.spec.node_name}
+    return tuple(sorted(names))
+
+
+def pick_node(model: ClusterModel, requested: str | None) -> str:
+    nodes = known_nodes(model)
+    listing = ", ".join(nodes) if nodes else "none (add a Node object, or pods with spec.nodeName)"
+    if requested is not None:
+        if requested not in nodes:
+            raise UsageError(f"unknown node {requested!r}; known nodes: {listing}")
+        return requested
+    if len(nodes) == 1:
+        return nodes[0]
+    if not nodes:
+        raise UsageError("the manifests name no node: add a Node object, or pods with spec.nodeName")
+    raise UsageError(f"the manifests have {len(nodes)} nodes; pick one with --node ({listing})")
+
+
+def ruleset(model: ClusterModel, node: str, fmt: RulesetFormat = "nft") -> str:
+    plan = build_plan(model, node=node)
+    return render_nft(plan) if fmt == "nft" else output.dumps(render_json(plan))
+
+
+# --- commands -----------------------------------------------------------------------------------------
+
+
+def compile_command(paths: Sequence[str], *, node: str | None, fmt: RulesetFormat, stdin: TextIO) -> Result:
+    loaded = load(paths, stdin)
+    text = ruleset(loaded.model, pick_node(loaded.model, node), fmt)
+    return Result(text, notes=(*loaded.notes, *_addressless(loaded.model)))
+
+
+def _addressless(model: ClusterModel) -> list[str]:
+    """Notes on pods the ruleset cannot name by address: workload templates, pods not yet running."""
+    templates = [p.key for p in model.pods if not p.ips() and workload_of(p) is not None]
+    pending = [p.key for p in model.pods if not p.ips() and workload_of(p) is None]
+    notes: list[str] = []
+    if templates:
+        notes.append(
+            f"{len(templates)} workload template pod(s) have no addresses, so no address set of this"
+            f" ruleset holds them (the agent adds replicas as they start): {', '.join(templates)}"
+        )
+    if pending:
+        notes.append(
+            f"{len(pending)} pod(s) have no address yet (status.podIP), so no address set holds them:"
+            f" {', '.join(pending)}"
+        )
+    return notes
+
+
+def parse_peer(text: str, flag: str) -> Peer:
+    """``NAMESPACE/NAME`` (a pod or a workload) or an IP address."""
+    if parse_ip(text) is not None:
+        return Peer(ip=text)
+    namespace, slash, name = text.partition("/")
+    if not slash or not namespace or not name or "/" in name:
+        raise UsageError(f"{flag} {text!r}: expected NAMESPACE/POD (or NAMESPACE/WORKLOAD) or an IP address")
+    return Peer(namespace=namespace, pod=name)
+
+
+def _family_for(src: Peer, dst: Peer, requested: Family | None) -> Family:
+    versions = {ipaddress.ip_address(p.ip).version for p in (src, dst) if p.ip is not None}
+    if requested is not None:
+        return requested
+    if len(versions) > 1:
+        raise UsageError("--from and --to are addresses of different families")
+    return 6 if versions == {6} else 4
+
+
+def _port_number(
+    model: ClusterModel, src: Peer, dst: Peer, port: str, *, protocol: Protocol, family: Family
+) -> int:
+    """A number, or a container port name resolved on the destination pod."""
+    if port.isdigit():
+        number = int(port)
+        if not 1 <= number <= 65535:
+            raise UsageError(f"--port {port}: must be from 1 to 65535")
+        return number
+    if dst.pod is None:
+        raise UsageError(f"--port {port!r}: a named port needs a pod as --to")
+    pod = model.pod(dst.namespace or "default", dst.pod)
+    if pod is None:
+        # Let the semantics report the unknown pod, with its near matches.
+        evaluate(model, src=src, dst=dst, protocol=protocol, port=1, family=family)
+        raise InternalError(f"evaluate accepted a destination that is not in the model: {dst}")
+    numbers = sorted(
+        {p.container_port for p in pod.container_ports() if p.name == port and p.protocol == protocol}
+    )
+    if len(numbers) != 1:
+        have = ", ".join(f"{p.name}={p.protocol}/{p.container_port}" for p in pod.container_ports() if p.name)
+        raise UsageError(
+            f"--port {port!r}: {pod.key} has no single {protocol} port of that name ({have or 'none'})"
+        )
+    return numbers[0]
+
+
+def explain_command(
+    paths: Sequence[str],
+    *,
+    src: str,
+    dst: str,
+    port: str,
+    protocol: Protocol,
+    family: Family | None,
+    fmt: OutputFormat,
+    stdin: TextIO,
+) -> Result:
+    source, target = parse_peer(src, "--from"), parse_peer(dst, "--to")
+    fam = _family_for(source, target, family)
+    loaded = load(paths, stdin)
+    try:
+        number = _port_number(loaded.model, source, target, port, protocol=protocol, family=fam)
+        verdict = evaluate(loaded.model, src=source, dst=target, protocol=protocol, port=number, family=fam)
+    except PeerError as e:
+        raise UsageError(str(e)) from e
+    text = output.dumps(output.verdict_json(verdict)) if fmt == "json" else verdict.explain() + "\n"
+    return Result(text, notes=loaded.notes)
+
+
+def _probes(
+    text: str | None, models: Sequence[ClusterModel], *, policy_ports: bool = False
+) -> tuple[Probe, ...]:
+    """``--ports``, else the pods' container ports (and for diff, the ports policies name), else 80."""
+    if text is None:
+        found = container_probes(models) + (policy_probes(models) if policy_ports else ())
+        return sort_probes(found) or default_probes(models)
+    try:
+        return parse_probes(text)
+    except ValueError as e:
+        raise UsageError(f"--ports: {e}") from e
+
+
+def matrix_command(
+    paths: Sequence[str], *, ports: str | None, family: Family, fmt: OutputFormat, width: int, stdin: TextIO
+) -> Result:
+    loaded = load(paths, stdin)
+    matrix = build_matrix(loaded.model, probes=_probes(ports, [loaded.model]), family=family)
+    if fmt == "json":
+        return Result(output.dumps(output.matrix_json(matrix)), notes=loaded.notes)
+    return Result(output.matrix_text(matrix, width=width), notes=loaded.notes)
+
+
+def _families(models: Sequence[ClusterModel]) -> tuple[Family, ...]:
+    """IPv4, and IPv6 too when any pod address or ipBlock of either side is IPv6."""
+    texts = [ip for m in models for p in m.pods for ip in p.ips()]
+    for policy in (pol for m in models for pol in m.policies):
+        rules = [*(r.from_ for r in policy.spec.ingress), *(r.to for r in policy.spec.egress)]
+        texts += [peer.ip_block.cidr for peers in rules for peer in peers if peer.ip_block is not None]
+    return (4, 6) if any(":" in t for t in texts) else (4,)
+
+
+def diff_command(
+    old_path: str,
+    new_path: str,
+    *,
+    node: str | None,
+    fail_on: Literal["widened", "any"] | None,
+    ports: str | None,
+    family: Family | None,
+    fmt: OutputFormat,
+    stdin: TextIO,
+) -> Result:
+    if old_path == new_path == "-":
+        raise UsageError("only one of OLD and NEW can be - (stdin)")
+    problems: list[Problem] = []
+    loaded: list[LoadResult] = []
+    for path in (old_path, new_path):
+        try:
+            loaded.append(load([path], stdin))
+        except InputError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise InputError(problems)
+    old, new = loaded[0].model, loaded[1].model
+    probes = _probes(ports, [old, new], policy_ports=True)
+    families: tuple[Family, ...] = (family,) if family is not None else _families([old, new])
+    conn = connectivity_diff(old, new, ports=probes, family=families)
+    chosen, text, note = _ruleset_change(old, new, node, (old_path, new_path))
+    changed = conn.changed or bool(text)
+    failed = (fail_on == "widened" and conn.widened) or (fail_on == "any" and changed)
+    if fmt == "json":
+        body = output.dumps(
+            output.diff_json(conn, probes=probes, families=families, node=chosen, ruleset=text)
+        )
+    else:
+        body = output.diff_text(
+            conn, probes=probes, families=families, node=chosen, ruleset=text, ruleset_note=note
+        )
+    notes = [*loaded[0].notes, *loaded[1].notes]
+    if failed:
+        what = (
+            f"{len(conn.gained)} pair(s) gained access" if fail_on == "widened" else "the manifests changed"
+        )
+        notes.append(f"failing as asked by --fail-on {fail_on}: {what}")
+    return Result(body, exit_code=1 if failed else 0, notes=tuple(notes))
+
+
+def _ruleset_change(
+    old: ClusterModel, new: ClusterModel, requested: str | None, labels: tuple[str, str]
+) -> tuple[str | None, str, str]:
+    """(node, unified diff, why not compared): the node's rulesets on both sides, compared."""
+    nodes = sorted({*known_nodes(old), *known_nodes(new)})
+    if requested is None:
+        if len(nodes) != 1:
+            why = "no node in the manifests" if not nodes else f"{len(nodes)} nodes; pick one with --node"
+            return None, "", why
+        requested = nodes[0]
+    elif requested not in nodes:
+        raise UsageError(f"unknown node {requested!r}; known nodes: {', '.join(nodes) or 'none'}")
+    # A side that does not know the node has no ruleset for it (the node is new, or gone).
+    texts = [ruleset(m, requested) if requested in known_nodes(m) else "" for m in (old, new)]
+    return (
+        requested,
+        ruleset_diff(*texts, old_label=f"{labels[0]} ({requested})", new_label=f"{labels[1]} ({requested})"),
+        "",
+    )
+
+
+# --- writing ------------------------------------------------------------------------------------------
+
+
+def write_atomically(path: str, text: str) -> None:
+    """Replace ``path`` with ``text`` in one rename, so readers never see half a ruleset."""
+    target = Path(path)
+    try:
+        mode = target.stat().st_mode & 0o777 if target.exists() else _default_mode()
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from e
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from e
+
+
+def _default_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
