@@ -50,7 +50,7 @@ recipe() {
       mod=kube; pkg=k8s.io/kubernetes/cmd/$1; ldx=$kx
       tags=selinux,notest,grpcnotrace   # as upstream hack/lib/golang.sh
       want="$KUBE_VERSION"
-      [[ $1 == kubectl ]] && verargs=(version --client)
+      if [[ $1 == kubectl ]]; then verargs=(version --client); fi
       ;;
     etcd)
       mod=etcd; pkg=go.etcd.io/etcd/server/v3; want="etcd Version: ${ETCD_VERSION#v}"
@@ -105,7 +105,7 @@ update_link() {
 }
 
 if ((${#missing[@]} == 0)); then
-  [[ -w $CACHE ]] && update_link
+  if [[ -w $CACHE ]]; then update_link || true; fi
   echo "$BIN"; exit 0
 fi
 
@@ -114,7 +114,7 @@ mkdir -p "$BIN" 2>/dev/null || die "cannot create $BIN (set STOCKADE_TOOLS_DIR t
 [[ -w $BIN ]] || die "$BIN is not writable (set STOCKADE_TOOLS_DIR to a writable dir)"
 
 GO=${GO:-$(command -v go || true)}
-[[ -n $GO ]] || { [[ -x /usr/local/go/bin/go ]] && GO=/usr/local/go/bin/go; }
+if [[ -z $GO && -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; fi
 [[ -n $GO && -x $GO ]] || die "go not found (need Go >= 1.26 on PATH or GO=/path/to/go) to build: ${missing[*]}"
 gov=$("$GO" env GOVERSION) || die "'$GO env GOVERSION' failed"
 case $gov in
@@ -136,7 +136,8 @@ export CGO_ENABLED=0              # static binaries, like upstream releases
 export GOWORK=off
 
 tmp=""
-trap '[[ -n $tmp ]] && rm -f "$tmp"' EXIT
+trap 'if [[ -n $tmp ]]; then rm -f "$tmp"; fi' EXIT
+trap 'log "interrupted"; exit 130' INT TERM HUP
 total_start=$(date +%s)
 n=${#missing[@]}; i=0
 log "cache key $KEY, $gov, building $n of ${#TOOLS[@]}: ${missing[*]}"
