@@ -7,6 +7,7 @@ are implied (with only their name label), as they would exist in any cluster tha
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 
 from compiler.model import NAMESPACE_NAME_LABEL, Namespace, NetworkPolicy, Node, Pod
@@ -19,6 +20,9 @@ class ClusterModel:
     policies: tuple[NetworkPolicy, ...] = ()
     nodes: tuple[Node, ...] = ()
     _ns_labels: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _by_address: dict[ipaddress.IPv4Address | ipaddress.IPv6Address | None, tuple[Pod, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         labels = {ns.metadata.name: ns.effective_labels() for ns in self.namespaces}
@@ -27,6 +31,21 @@ class ClusterModel:
             name = obj.metadata.namespace or "default"
             labels.setdefault(name, {NAMESPACE_NAME_LABEL: name})
         self._ns_labels.update(labels)
+
+    def pods_with_address(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[Pod, ...]:
+        """Pods that list ``address`` among their IPs (an index built once: explain and diff ask
+        this for every bare-IP peer, and a scan per question made a 300-pod diff take seconds)."""
+        if not self._by_address:
+            index: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, list[Pod]] = {}
+            for pod in self.pods:
+                for ip in pod.ips():
+                    try:
+                        index.setdefault(ipaddress.ip_address(ip), []).append(pod)
+                    except ValueError:
+                        continue  # the loader rejects bad IPs; a model built by hand may not
+            self._by_address.update({a: tuple(ps) for a, ps in index.items()})
+            self._by_address.setdefault(None, ())  # marks the index as built, even when empty
+        return self._by_address.get(address, ())
 
     def namespace_names(self) -> tuple[str, ...]:
         """Declared and implied namespaces, sorted."""

@@ -258,9 +258,7 @@ def _near_pods(model: ClusterModel, *, namespace: str, name: str) -> list[str]:
 
 def _pod_with_address(model: ClusterModel, address: Address) -> Pod | None:
     """The pod-network pod that holds ``address``; a live pod wins over a finished one."""
-    holders = [
-        p for p in model.pods if not p.spec.host_network and any(parse_ip(ip) == address for ip in p.ips())
-    ]
+    holders = [p for p in model.pods_with_address(address) if not p.spec.host_network]
     holders.sort(key=lambda p: (p.status.phase in _FINISHED_PHASES, p.key))
     return holders[0] if holders else None
 
