@@ -1,0 +1,180 @@
+"""An interpreter of NodePlans for the first packet of a connection, for unit tests.
+
+It walks chains, sets and verdict maps as nftables would (jump / return / continue / end of a
+regular chain = return, end of a base chain = its policy), so the compiler's logic can be
+checked against :mod:`compiler.semantics` on many random models without a kernel. What it
+cannot see (conntrack, fib, interface types) is answered as for a new, unspoofed packet from a
+pod: `ct state` never matches, nor does `iiftype loopback`, nor the anti-spoofing drop. The
+kernel tests check those parts, and that nftables reads the rendered plan the same way.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+from compiler.cluster import ClusterModel
+from compiler.ir import (
+    AddrInSet,
+    AddrPortSet,
+    AddrSet,
+    Chain,
+    CtStateIn,
+    DaddrProtoPortInSet,
+    DportIn,
+    FibSaddrIifMissing,
+    Icmpv6TypeIn,
+    IifLoopback,
+    IntervalSet,
+    L4protoIn,
+    Match,
+    NodePlan,
+    Verdict,
+    VmapLookup,
+)
+from compiler.model import Protocol
+from compiler.peersets import PodIndex, normalize
+
+Outcome = Literal["accept", "drop", "return"]
+
+
+@dataclass(frozen=True)
+class Packet:
+    saddr: str
+    daddr: str
+    protocol: Protocol
+    dport: int
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.saddr).version
+
+
+class CompiledPlan:
+    """A NodePlan with its sets, maps and chains indexed for lookups."""
+
+    def __init__(self, plan: NodePlan) -> None:
+        self.plan = plan
+        self.addrs: dict[str, frozenset[int]] = {}
+        self.spans: dict[str, tuple[tuple[int, int], ...]] = {}
+        self.tuples: dict[str, frozenset[tuple[int, str, int]]] = {}
+        for s in plan.sets:
+            if isinstance(s, AddrSet):
+                self.addrs[s.name] = frozenset(_int(a) for a in s.elements)
+            elif isinstance(s, IntervalSet):
+                self.spans[s.name] = tuple((_int(i.first), _int(i.last)) for i in s.elements)
+            elif isinstance(s, AddrPortSet):
+                self.tuples[s.name] = frozenset((_int(e.address), e.protocol, e.port) for e in s.elements)
+        self.maps = {m.name: {_int(e.address): e.verdict for e in m.entries} for m in plan.maps}
+        self.chains = {c.name: c for c in plan.chains}
+
+    def member(self, name: str, address: str) -> bool:
+        value = _int(address)
+        if name in self.addrs:
+            return value in self.addrs[name]
+        assert name in self.spans, f"rule uses undeclared set {name}"
+        return any(lo <= value <= hi for lo, hi in self.spans[name])
+
+
+@functools.lru_cache(maxsize=4096)
+def _int(address: str) -> int:
+    return int(ipaddress.ip_address(address))
+
+
+def _matches(plan: CompiledPlan, m: Match, pkt: Packet) -> bool:
+    if isinstance(m, AddrInSet):
+        if m.family != pkt.family:
+            return False
+        return plan.member(m.set_name, pkt.saddr if m.field == "saddr" else pkt.daddr) != m.negate
+    if isinstance(m, DportIn):
+        return m.protocol == pkt.protocol and any(r.first <= pkt.dport <= r.last for r in m.ports)
+    if isinstance(m, L4protoIn):
+        return pkt.protocol in m.protocols
+    if isinstance(m, DaddrProtoPortInSet):
+        if m.family != pkt.family:
+            return False
+        return (_int(pkt.daddr), pkt.protocol, pkt.dport) in plan.tuples[m.set_name]
+    if isinstance(m, CtStateIn | IifLoopback | FibSaddrIifMissing | Icmpv6TypeIn):
+        return False  # a new TCP/UDP/SCTP packet from a pod's veth, source not spoofed
+    raise TypeError(m)
+
+
+def run_chain(plan: CompiledPlan, chain: Chain, pkt: Packet, depth: int = 0) -> Outcome:
+    assert depth < 16, "jump loop"
+    for rule in chain.rules:
+        if not all(_matches(plan, m, pkt) for m in rule.matches):
+            continue
+        action = rule.action
+        verdict: Verdict
+        if isinstance(action, VmapLookup):
+            if action.family != pkt.family:
+                continue
+            found = plan.maps[action.map_name].get(_int(pkt.saddr if action.field == "saddr" else pkt.daddr))
+            if found is None:
+                continue
+            verdict = found
+        else:
+            verdict = action
+        if verdict.kind == "accept":
+            return "accept"
+        if verdict.kind == "drop":
+            return "drop"
+        if verdict.kind == "return":
+            return "return"
+        if verdict.kind == "jump":
+            assert verdict.target in plan.chains, f"jump to undeclared chain {verdict.target}"
+            outcome = run_chain(plan, plan.chains[verdict.target], pkt, depth + 1)
+            if outcome != "return":
+                return outcome
+    return "return"
+
+
+def hook_allows(plan: CompiledPlan, hook: Literal["input", "forward"], pkt: Packet) -> bool:
+    chain = plan.chains[hook]
+    assert chain.hook is not None
+    return run_chain(plan, chain, pkt) != "drop"  # a base chain's end is its policy: accept
+
+
+class ClusterEval:
+    """Packets through a whole cluster: every node's plan, in the Stockade data-plane model."""
+
+    def __init__(self, model: ClusterModel, plans: dict[str, NodePlan]) -> None:
+        self.model = model
+        self.plans = {name: CompiledPlan(plan) for name, plan in plans.items()}
+        self.index = PodIndex(model.pods)
+
+    def node_of(self, address: str) -> str | None:
+        """Where a packet from ``address`` starts: its owning pod's node, or the node that has it."""
+        owner = self.index.owner.get(normalize(address) or "")
+        if owner is not None:
+            return self.index.pods[owner].spec.node_name
+        for pod in self.model.pods:
+            if pod.spec.host_network and address in pod.ips():
+                return pod.spec.node_name
+        for node in self.model.nodes:
+            if address in node.internal_ips():
+                return node.metadata.name
+        return None
+
+    def pod_network(self, address: str) -> bool:
+        return normalize(address) in self.index.owner
+
+    def allows(self, pkt: Packet) -> bool:
+        """Pod-network sources cross their node's ``forward`` (``input`` when sent to that node's
+        own address); the destination pod's node judges the packet in ``forward`` too; traffic a
+        node originates (its own or a host-network pod's) is not policed there (no output chain)."""
+        src_node, dst_node = self.node_of(pkt.saddr), self.node_of(pkt.daddr)
+        dst_pod_network = dst_node is not None and self.pod_network(pkt.daddr)
+        if src_node is not None and self.pod_network(pkt.saddr):
+            if dst_node == src_node and not dst_pod_network:
+                return hook_allows(self.plans[src_node], "input", pkt)
+            if not hook_allows(self.plans[src_node], "forward", pkt):
+                return False
+        elif src_node is not None and src_node == dst_node:
+            return True  # from the node itself to its pod: the output hook, not policed
+        if dst_pod_network and dst_node != src_node:
+            assert dst_node is not None
+            return hook_allows(self.plans[dst_node], "forward", pkt)
+        return True
