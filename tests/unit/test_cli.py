@@ -25,8 +25,11 @@ Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
-def run(capsys: pytest.CaptureFixture[str]) -> Run:
+def run(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Run:
     """``run(*argv, stdin=None)`` -> (exit code, stdout, stderr)."""
+    # Tables switch to numbered columns when narrower than the terminal; pin the width so the
+    # layout asserted below does not depend on who runs the tests (pytest-xdist sets COLUMNS).
+    monkeypatch.setenv("COLUMNS", "120")
 
     def _run(*argv: str, stdin: str | None = None) -> tuple[int, str, str]:
         code = cli_main.main(list(argv), stdin=io.StringIO(stdin) if stdin is not None else None)
@@ -142,6 +145,32 @@ def test_explain_workload_by_name(run: Run) -> None:
     assert code == 0
     assert out.startswith("ALLOWED  shop/cart -> shop/redis  TCP/6379")
     assert "skipped 1 Service object" in err
+
+
+@pytest.mark.parametrize(
+    ("workload", "port", "first_line"),
+    [
+        pytest.param(
+            "shop/cart",
+            "8081",
+            "BLOCKED  shop/cart -> shop/cart (another replica)  TCP/8081 (IPv4)",
+            id="cart-replicas-isolated",
+        ),
+        pytest.param(
+            "shop/redis",
+            "cluster-bus",
+            "ALLOWED  shop/redis -> shop/redis (another replica)  TCP/16379 (IPv4)",
+            id="redis-replicas-allowed",
+        ),
+    ],
+)
+def test_explain_workload_to_itself_is_replica_to_replica(
+    run: Run, workload: str, port: str, first_line: str
+) -> None:
+    """As in the matrix's diagonal: a workload stands for every replica, so this is two pods."""
+    code, out, _ = run("explain", WORKLOADS, "--from", workload, "--to", workload, "--port", port)
+    assert code == 0
+    assert out.splitlines()[0] == first_line
 
 
 @pytest.mark.parametrize(
@@ -460,6 +489,15 @@ def test_diff_widened_fails_when_asked(run: Run, tmp_path: Path) -> None:
     assert "Ruleset of node node-b:" in out
     assert "failing as asked by --fail-on widened: 1 pair(s) gained access" in err
     assert run("diff", THREE_TIER, new, "--node", "node-b")[0] == 0, "without --fail-on a diff succeeds"
+
+
+def test_diff_dropping_a_port_list_is_widened(run: Run, tmp_path: Path) -> None:
+    """``ports: [http]`` to every port opens ports that no policy or container names."""
+    new = _variant(tmp_path, "new", [("    - ports:\n        - {protocol: TCP, port: http}", "    - {}")])
+    code, out, err = run("diff", THREE_TIER, new, "--fail-on", "widened")
+    assert code == 1
+    assert "  + kube-system/coredns-1 -> web/web-1 TCP/1 (allowed by web/web-ingress ingress[0])\n" in out
+    assert "probed SCTP/1 TCP/1 UDP/1 for every port of its protocol" in err
 
 
 def test_diff_lost_only_is_not_widened(run: Run, tmp_path: Path) -> None:
