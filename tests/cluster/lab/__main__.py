@@ -1,0 +1,102 @@
+"""python -m tests.cluster.lab up|down|status|env [--name NAME] ...
+
+up      start a lab and stay in the foreground; Ctrl-C (or `down` elsewhere) stops it and
+        removes everything it made. --detach returns once the lab is up instead.
+down    stop a lab (foreground or detached, or the leftovers of a crashed one).
+status  what the lab is made of and what runs in it.
+env     shell exports for kubectl against the lab: eval "$(python -m tests.cluster.lab env)"
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+import time
+
+from .config import DEFAULT_ROOT
+from .lab import Lab
+from .preflight import LabError
+from .state import alive
+
+
+def _up(args: argparse.Namespace) -> int:
+    lab = Lab.create(name=args.name, nodes=args.nodes, proxy_mode=args.proxy_mode, root=DEFAULT_ROOT)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.monotonic()
+    try:
+        lab.up()
+    except LabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.detach:  # recorded first: whatever happens to our stdout, the lab is detached
+        lab.rec.detached = True
+        lab.rec.owner_pid = 0
+        lab.rec.save(lab.cfg.dir / "state.json")
+        lab.lock.release()
+    print(f"lab {lab.cfg.name} up in {time.monotonic() - started:.1f}s")
+    for line in lab.status():
+        print(line)
+    print(f'\nkubectl:  eval "$(python -m tests.cluster.lab env --name {lab.cfg.name})"')
+    if args.detach:
+        print(f"detached; stop it with: python -m tests.cluster.lab down --name {lab.cfg.name}")
+        return 0
+    print("running in the foreground; Ctrl-C stops the lab and removes everything it made")
+    signal.signal(signal.SIGINT, on_signal)
+    reported: set[str] = set()
+    while not stop.wait(5.0):
+        for p in lab.rec.processes:
+            if p.role not in reported and not alive(p):
+                reported.add(p.role)
+                print(f"warning: {p.role} (pid {p.pid}) exited; see {lab.log_path(p.role)}", file=sys.stderr)
+    print("stopping...")
+    removed = lab.down()
+    print(f"lab {lab.cfg.name} down ({len(removed)} things removed)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.cluster.lab",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("up", "down", "status", "env"):
+        p = sub.add_parser(name)
+        p.add_argument("--name", default="lab", help="lab name (1-8 of [a-z0-9]), default lab")
+        if name == "up":
+            p.add_argument("--nodes", type=int, default=2)
+            p.add_argument("--proxy-mode", choices=("nftables", "iptables"), default="nftables")
+            p.add_argument("--detach", action="store_true", help="return once the lab is up")
+    args = parser.parse_args(argv)
+    if args.command == "up":
+        return _up(args)
+    try:
+        lab = Lab.load(args.name, root=DEFAULT_ROOT)
+    except LabError as exc:
+        if args.command == "down":
+            print(f"lab {args.name}: nothing recorded, nothing to do")
+            return 0
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.command == "status":
+        for line in lab.status():
+            print(line)
+    elif args.command == "env":
+        print(f"export KUBECONFIG={lab.cfg.kubeconfig}")
+        print(f"export PATH={lab.bin_dir}:$PATH")
+    else:
+        lab.down()
+        print(f"lab {args.name} down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

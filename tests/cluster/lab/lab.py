@@ -1,0 +1,402 @@
+"""The lab: start, inspect and stop a local Kubernetes cluster made of real parts.
+
+    lab = Lab.create(name="lab", nodes=2)
+    lab.up()          # etcd, apiserver, controller manager, scheduler, N nodes, kube-proxy
+    lab.kubectl("apply", "-f", "app.yaml")
+    lab.down()        # removes every namespace, link and process the lab made
+
+`up` first cleans up a crashed lab of the same name (from its record) and refuses to start over
+one that is still running. Any failure during `up` tears down what was made and raises
+`LabError` with the reason and the tail of the failing component's log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from . import cni, controlplane
+from .config import APISERVER_PORT, CNI_BIN_DIRS, DEFAULT_ROOT, LabConfig, ProxyMode, collisions
+from .kube import ApiError, Credentials, Kube, Obj
+from .pki import PKI
+from .preflight import LabError, choose_slot, host_prefixes, tools_bin, wait_for
+from .report import status_lines
+from .state import OwnerLock, Record, alive, cleanup, pod_records, proc_of, terminate
+from .underlay import Underlay, in_netns, spawn
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+class Lab:
+    def __init__(self, cfg: LabConfig, *, bin_dir: Path | None = None) -> None:
+        self.cfg = cfg
+        self.bin_dir = bin_dir
+        self.rec = Record(name=cfg.name, slot=cfg.slot, nodes=cfg.nodes, proxy_mode=cfg.proxy_mode)
+        self.lock = OwnerLock(cfg.root / f"{cfg.name}.lock")
+        self.pki = PKI(cfg.dir / "pki")
+        self.popen: dict[str, subprocess.Popen[bytes]] = {}
+        self.timings: dict[str, float] = {}
+
+    # --- construction ----------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        name: str = "lab",
+        nodes: int = 2,
+        proxy_mode: ProxyMode = "nftables",
+        root: Path = DEFAULT_ROOT,
+    ) -> Lab:
+        """A lab not started yet; its slot is chosen when `up` runs (after crash clean-up)."""
+        return cls(LabConfig(name=name, nodes=nodes, proxy_mode=proxy_mode, root=root))
+
+    @classmethod
+    def load(cls, name: str, *, root: Path = DEFAULT_ROOT) -> Lab:
+        """A lab from its record (for status, down, and tests attaching to a running lab)."""
+        state = root / name / "state.json"
+        if not state.exists():
+            raise LabError(f"no lab named {name!r} under {root}")
+        rec = Record.load(state)
+        mode: ProxyMode = "iptables" if rec.proxy_mode == "iptables" else "nftables"
+        lab = cls(
+            LabConfig(name=name, nodes=rec.nodes, proxy_mode=mode, slot=rec.slot, root=root),
+            bin_dir=Path(rec.info["bin_dir"]) if rec.info.get("bin_dir") else None,
+        )
+        lab.rec = rec
+        return lab
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        self.rec.save(self.cfg.dir / "state.json")
+
+    def log_path(self, role: str) -> Path:
+        return self.cfg.dir / "logs" / f"{role}.log"
+
+    def node_dir(self, node: str) -> Path:
+        return self.cfg.dir / "nodes" / node
+
+    def _spawn(self, role: str, argv: list[str], netns_name: str) -> None:
+        proc = spawn(
+            argv, netns_name=netns_name, log=self.log_path(role), env=dict(os.environ, PYTHONPATH=str(REPO))
+        )
+        self.popen[role] = proc
+        self.rec.processes.append(proc_of(proc.pid, role, netns_name))
+        self._save()
+
+    def _check_alive(self) -> None:
+        for role, proc in self.popen.items():
+            if proc.poll() is not None:
+                raise LabError(f"{role} exited with {proc.returncode}:\n{self.log_tail(role)}")
+
+    def log_tail(self, role: str, lines: int = 25) -> str:
+        try:
+            text = self.log_path(role).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(f"  | {line}" for line in text[-lines:])
+
+    def _step(self, name: str, started: float) -> None:
+        self.timings[name] = round(time.monotonic() - started, 2)
+
+    @property
+    def kube(self) -> Kube:
+        """An admin client, from the host namespace."""
+        p = self.pki
+        return Kube(
+            Credentials(
+                server=self.cfg.api_url_host,
+                ca=p.path("ca.crt"),
+                cert=p.path("admin.crt"),
+                key=p.path("admin.key"),
+            )
+        )
+
+    # --- up --------------------------------------------------------------------------------------
+
+    def up(self, *, timeout: float = 240.0) -> None:
+        if os.geteuid() != 0:
+            raise LabError("the lab needs root (network namespaces, veths, nftables)")
+        started = time.monotonic()
+        self._take_over()
+        try:
+            self._up(timeout=timeout)
+        except BaseException as exc:
+            self.rec.phase = "failed"
+            with contextlib.suppress(OSError):
+                self._save()
+            failed_logs = self.cfg.root / f"{self.cfg.name}.failed-logs"
+            shutil.rmtree(failed_logs, ignore_errors=True)
+            with contextlib.suppress(Exception):
+                cleanup(self.cfg.dir, keep_logs_to=failed_logs)
+            if self.lock.fd >= 0:
+                self.lock.path.unlink(missing_ok=True)
+            self.lock.release()
+            if isinstance(exc, LabError) and not failed_logs.exists():
+                raise LabError(f"lab {self.cfg.name!r} did not start: {exc}") from None
+            if isinstance(exc, LabError):
+                raise LabError(
+                    f"lab {self.cfg.name!r} did not start: {exc}\n(logs kept in {failed_logs})"
+                ) from None
+            raise
+        self._step("total", started)
+        self.rec.info["timings"] = self.timings
+        self._save()
+
+    def _take_over(self) -> None:
+        """Hold the lab's lock; clean up a crashed lab of this name; refuse a live one."""
+        cfg = self.cfg
+        if not self.lock.try_acquire():
+            raise LabError(f"lab {cfg.name!r} is already up in the foreground (lock {self.lock.path} held)")
+        state = cfg.dir / "state.json"
+        if state.exists():
+            old = Record.load(state)
+            if old.detached and any(alive(p) for p in old.processes):
+                self.lock.release()
+                raise LabError(
+                    f"lab {cfg.name!r} is up (detached); "
+                    f"run `python -m tests.cluster.lab down --name {cfg.name}` first"
+                )
+            removed = cleanup(cfg.dir)
+            print(f"lab {cfg.name}: cleaned up a crashed lab ({len(removed)} things)", file=sys.stderr)
+        elif cfg.dir.exists():
+            shutil.rmtree(cfg.dir)
+
+    def _up(self, *, timeout: float) -> None:
+        t = time.monotonic()
+        bin_dir = self.bin_dir = self.bin_dir or tools_bin()
+        cni_bin = self.cfg.cni_bin_dir or next(
+            (d for d in CNI_BIN_DIRS if all(Path(d, p).is_file() for p in ("ptp", "host-local"))), ""
+        )
+        if not cni_bin:
+            raise LabError(
+                f"CNI plugins ptp and host-local not found in {CNI_BIN_DIRS} "
+                "(apt-get install containernetworking-plugins)"
+            )
+        for tool in ("nsenter", "nft") + (("iptables-restore",) if self.cfg.proxy_mode == "iptables" else ()):
+            if shutil.which(tool) is None:
+                raise LabError(f"{tool} not found on PATH")
+        self._step("tools", t)
+
+        prefixes = host_prefixes()
+        # Choosing a slot and recording it is one step for all labs on the host (xdist workers
+        # start theirs at the same moment).
+        slots = OwnerLock(self.cfg.root / ".slots.lock")
+        slots.acquire()
+        try:
+            slot = choose_slot(self.cfg.root, self.cfg.name, prefixes)
+            self.cfg = cfg = LabConfig(
+                name=self.cfg.name,
+                nodes=self.cfg.nodes,
+                proxy_mode=self.cfg.proxy_mode,
+                slot=slot,
+                root=self.cfg.root,
+                cni_bin_dir=cni_bin,
+            )
+            if clash := collisions(cfg, prefixes):
+                raise LabError("address ranges collide with the host: " + "; ".join(clash))
+            cfg.dir.mkdir(parents=True)
+            self.rec = Record(
+                name=cfg.name,
+                slot=slot,
+                nodes=cfg.nodes,
+                proxy_mode=cfg.proxy_mode,
+                owner_pid=os.getpid(),
+                info={"bin_dir": str(bin_dir), "cni_bin": cni_bin},
+            )
+            self._save()
+        finally:
+            slots.release()
+
+        t = time.monotonic()
+        ips, dns = controlplane.apiserver_sans(cfg)
+        self.pki.create(server_ips=ips, server_dns=dns, clients=controlplane.identities(cfg))
+        self.pki.kubeconfig(cfg.kubeconfig, stem="admin", user="kubernetes-admin", server=cfg.api_url_host)
+        local = f"https://127.0.0.1:{APISERVER_PORT}"
+        kc_cm = self.pki.kubeconfig(
+            cfg.dir / "kubeconfigs" / "controller-manager",
+            stem="controller-manager",
+            user="system:kube-controller-manager",
+            server=local,
+        )
+        kc_sched = self.pki.kubeconfig(
+            cfg.dir / "kubeconfigs" / "scheduler",
+            stem="scheduler",
+            user="system:kube-scheduler",
+            server=local,
+        )
+        kc_proxy = self.pki.kubeconfig(
+            cfg.dir / "kubeconfigs" / "kube-proxy",
+            stem="kube-proxy",
+            user="system:kube-proxy",
+            server=cfg.api_url_nodes,
+        )
+        self._step("pki", t)
+
+        t = time.monotonic()
+        Underlay(cfg, self.rec, self._save).build()
+        self._step("network", t)
+
+        t = time.monotonic()
+        pki = self.pki.dir
+        self._spawn("etcd", controlplane.etcd(bin_dir, cfg.dir / "etcd"), cfg.cp_netns)
+        self._spawn("kube-apiserver", controlplane.apiserver(cfg, bin_dir, pki), cfg.cp_netns)
+        kube = self.kube
+        wait_for("the apiserver to be ready", kube.healthy, timeout=timeout, alive=self._check_alive)
+        self._step("apiserver", t)
+        self._spawn(
+            "kube-controller-manager", controlplane.controller_manager(cfg, bin_dir, pki, kc_cm), cfg.cp_netns
+        )
+        self._spawn("kube-scheduler", controlplane.scheduler(bin_dir, kc_sched), cfg.cp_netns)
+
+        t = time.monotonic()
+        for node in cfg.all_nodes:
+            (self.node_dir(node.name) / "net.d").mkdir(parents=True)
+            argv = controlplane.standin(
+                cfg, node, python=sys.executable, pki=pki, node_dir=self.node_dir(node.name), cni_bin=cni_bin
+            )
+            self._spawn(f"standin-{node.name}", argv, node.netns)
+        cidrs: dict[str, list[str]] = {}
+
+        def all_cidrs() -> bool:
+            for node in cfg.all_nodes:
+                with contextlib.suppress(ApiError):
+                    got = kube.get(f"/api/v1/nodes/{node.name}").get("spec", {}).get("podCIDRs", [])
+                    if len(got) == 2:
+                        cidrs[node.name] = got
+            return len(cidrs) == cfg.nodes
+
+        wait_for("nodes to register and get podCIDRs", all_cidrs, timeout=timeout, alive=self._check_alive)
+        self._step("nodes registered", t)
+
+        t = time.monotonic()
+        Underlay(cfg, self.rec, self._save).route_pod_cidrs(cidrs)
+        for node in cfg.all_nodes:
+            conf = cni.lab_conflist(pod_cidrs=cidrs[node.name], ipam_dir=self.node_dir(node.name) / "ipam")
+            write_json_file(self.node_dir(node.name) / "net.d" / "10-stockade-lab.conflist", conf)
+            self._spawn(
+                f"kube-proxy-{node.name}", controlplane.kube_proxy(cfg, bin_dir, node, kc_proxy), node.netns
+            )
+        self.rec.info["pod_cidrs"] = cidrs
+        self._save()
+        wait_for(
+            "nodes to be Ready",
+            lambda: all(self._node_ready(n.name) for n in cfg.all_nodes),
+            timeout=timeout,
+            alive=self._check_alive,
+        )
+        wait_for(
+            f"kube-proxy ({cfg.proxy_mode}) to program the kubernetes Service",
+            lambda: all(self._proxy_programmed(n.netns) for n in cfg.all_nodes),
+            timeout=timeout,
+            alive=self._check_alive,
+        )
+        wait_for(
+            "the default ServiceAccount",
+            lambda: self._exists("/api/v1/namespaces/default/serviceaccounts/default"),
+            timeout=timeout,
+            alive=self._check_alive,
+        )
+        self._step("nodes ready", t)
+        self.rec.phase = "up"
+        self._save()
+
+    def _exists(self, path: str) -> bool:
+        try:
+            self.kube.get(path)
+        except ApiError:
+            return False
+        return True
+
+    def _node_ready(self, name: str) -> bool:
+        try:
+            node = self.kube.get(f"/api/v1/nodes/{name}")
+        except ApiError:
+            return False
+        conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
+        taints = [t["key"] for t in node.get("spec", {}).get("taints", []) or []]
+        return conds.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints
+
+    def _proxy_programmed(self, netns_name: str) -> bool:
+        if self.cfg.proxy_mode == "nftables":
+            cmds = [
+                ["nft", "list", "table", "ip", "kube-proxy"],
+                ["nft", "list", "table", "ip6", "kube-proxy"],
+            ]
+            # The `kubernetes` Service is IPv4-only (single-stack, first family): in ip6, the
+            # table's existence is the sign kube-proxy synced.
+            want = ["10.96.0.1", ""]
+        else:
+            cmds = [["iptables-save", "-t", "nat"], ["ip6tables-save", "-t", "nat"]]
+            want = ["10.96.0.1/32", "KUBE-SERVICES"]
+        for argv, needle in zip(cmds, want, strict=True):
+            out = subprocess.run(in_netns(netns_name, argv), capture_output=True, text=True, check=False)
+            if out.returncode != 0 or needle not in out.stdout:
+                return False
+        return True
+
+    # --- use -------------------------------------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        if self.bin_dir is None:
+            raise LabError("lab has no tools dir (not started?)")
+        proc = subprocess.run(
+            [str(self.bin_dir / "kubectl"), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            check=False,
+            env=dict(os.environ, KUBECONFIG=str(self.cfg.kubeconfig)),
+        )
+        if check and proc.returncode != 0:
+            raise LabError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def pod_sandboxes(self) -> dict[str, dict[str, Any]]:
+        """uid -> sandbox record (netns, control socket, IPs) of every pod the stand-ins run."""
+        return {r["uid"]: r for r in pod_records(self.cfg.dir)}
+
+    def nodes(self) -> list[Obj]:
+        return list(self.kube.get("/api/v1/nodes")["items"])
+
+    # --- down and status ---------------------------------------------------------------------------
+
+    def status(self) -> Iterator[str]:
+        """Human-readable lines: record, processes, nodes and pods."""
+        return status_lines(self)
+
+    def down(self) -> list[str]:
+        """Remove everything the lab recorded. Safe on a lab that is half up, crashed, or gone."""
+        cfg = self.cfg
+        state = cfg.dir / "state.json"
+        if state.exists():
+            owner = Record.load(state).owner_pid
+            if owner and owner != os.getpid() and OwnerLock(self.lock.path).held_elsewhere():
+                # A foreground `up` owns it: ask it to stop, it cleans up after itself.
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(owner, signal.SIGTERM)
+                with contextlib.suppress(LabError):
+                    wait_for("the foreground lab to stop", lambda: not state.exists(), timeout=60)
+        removed = cleanup(cfg.dir, keep_logs_to=cfg.root / f"{cfg.name}.last-logs")
+        terminate([])  # reap any children we started ourselves
+        self.popen.clear()
+        if self.lock.fd >= 0 or not self.lock.held_elsewhere():
+            self.lock.path.unlink(missing_ok=True)
+        self.lock.release()
+        return removed
+
+
+def write_json_file(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")

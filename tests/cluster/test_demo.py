@@ -1,0 +1,41 @@
+"""`make demo` on the session's lab: the policies of examples/demo/, compiled per node and loaded
+into the nodes, give exactly the connectivity Stockade's reference semantics predicts (IPv4 and
+IPv6, measured with real packets), and examples/demo/README.md shows what the demo prints."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import demo
+from tests.cluster.lab import Lab
+from tests.cluster.lab.underlay import in_netns
+from tests.cluster.lab.workloads import pods
+
+pytestmark = pytest.mark.cluster
+
+README = Path(demo.DEMO / "README.md")
+
+
+def test_demo_matches_the_reference_semantics(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = demo.main(["--attach", lab.cfg.name])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "IPv4: measured = expected" in out and "IPv6: measured = expected" in out, out
+    assert re.search(r"^BLOCKED  visitors/visitor-\S+ -> backend/api-\S+  TCP/9090", out, re.M), out
+    assert re.search(r"^ALLOWED  frontend/web-\S+ -> backend/api-\S+  TCP/9090", out, re.M), out
+    # The README's matrix is the demo's real output.
+    shown = README.read_text().split("```\nIPv4: measured = expected\n", 1)[1].split("```", 1)[0]
+    assert "IPv4: measured = expected\n" + shown in out + "\n"
+    # --attach leaves the lab as it found it.
+    assert not any(pods(lab, ns) for ns in ("frontend", "backend", "data", "visitors"))
+    for node in lab.cfg.all_nodes:
+        listed = subprocess.run(
+            in_netns(node.netns, ["nft", "list", "table", "inet", "stockade"]),
+            capture_output=True,
+            check=False,
+        )
+        assert listed.returncode != 0, f"{node.name}: the demo left table inet stockade behind"
