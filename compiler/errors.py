@@ -7,6 +7,7 @@ stopping at the first.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -41,10 +42,20 @@ class InputError(StockadeError):
     """The input is wrong; ``problems`` lists every problem found, sorted."""
 
     def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems: tuple[Problem, ...] = tuple(sorted(set(problems)))
+        self.problems: tuple[Problem, ...] = tuple(sorted(set(problems), key=_natural))
         if not self.problems:
             raise InternalError("InputError raised with no problems")
         super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def _natural(problem: Problem) -> tuple[tuple[tuple[int, str], ...], ...]:
+    """Sort key that orders numbers by value, so ``document 2`` comes before ``document 10`` and
+    ``ingress[2]`` before ``ingress[10]``: problems read in the order they stand in the file."""
+
+    def split(text: str) -> tuple[tuple[int, str], ...]:
+        return tuple((int(part), "") if part.isdigit() else (-1, part) for part in re.split(r"(\d+)", text))
+
+    return (split(problem.file), split(problem.obj), split(problem.field), split(problem.message))
 
 
 class InternalError(StockadeError):
