@@ -76,7 +76,7 @@ class RuleTemplate:
 
     @property
     def comment(self) -> str:
-        return naming.rule_comment(self.policy, self.direction, self.index)
+        return naming.rule_comment(self.policy, self.direction, index=self.index)
 
 
 def templates(policy: NetworkPolicy, direction: Direction) -> tuple[RuleTemplate, ...]:
@@ -173,7 +173,7 @@ def _port_groups(template: RuleTemplate, resolve: Resolver | None) -> list[tuple
 
 
 def _peer_rules(
-    template: RuleTemplate, peer: Peer, groups: list[tuple[Match, ...]], specs: dict[str, SetSpec]
+    template: RuleTemplate, peer: Peer, *, groups: list[tuple[Match, ...]], specs: dict[str, SetSpec]
 ) -> list[Rule]:
     verdict = ACCEPT if template.direction == "ingress" else RETURN
     field: AddrField = "saddr" if template.direction == "ingress" else "daddr"
@@ -216,6 +216,7 @@ def tier_rule(tier: naming.Tier, direction: Direction) -> Rule:
 def pod_chain(
     direction: Direction,
     policy_templates: Sequence[tuple[str, tuple[RuleTemplate, ...]]],
+    *,
     resolve: Resolver | None,
 ) -> tuple[Chain, tuple[SetSpec, ...]]:
     """The chain for a pod isolated in ``direction`` by the given (policy key, templates), sorted
@@ -229,7 +230,7 @@ def pod_chain(
             if not groups and not (direction == "egress" and template.named):
                 continue  # ports given but none can match (e.g. unresolved named ports)
             for peer in template.peers:
-                rules.extend(_peer_rules(template, peer, groups, specs))
+                rules.extend(_peer_rules(template, peer, groups=groups, specs=specs))
     rules.append(tier_rule("baseline", direction))
     isolating = ", ".join(key for key, _ in policy_templates)
     rules.append(Rule((), DROP, naming.comment(f"{direction} isolation: {isolating}")))

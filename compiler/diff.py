@@ -93,7 +93,7 @@ def connectivity_diff(
     common = old_keys & new_keys
     changes: dict[tuple[str, PairChange], set[Family]] = {}
     for fam in families:
-        for sign, change in _changes(old, new, common, probes, fam):
+        for sign, change in _changes(old, new, common=common, probes=probes, family=fam):
             changes.setdefault((sign, change), set()).add(fam)
     gained: list[PairChange] = []
     lost: list[PairChange] = []
@@ -116,7 +116,7 @@ def _order(change: PairChange) -> tuple[str, str, int, str, int, str]:
 
 
 def _changes(
-    old: ClusterModel, new: ClusterModel, common: Set[str], probes: Sequence[Probe], family: Family
+    old: ClusterModel, new: ClusterModel, *, common: Set[str], probes: Sequence[Probe], family: Family
 ) -> list[tuple[str, PairChange]]:
     """Changes between pods (from the fast pair tables) and between pods and address regions."""
     sides = _Sides(with_replicas(old), with_replicas(new), family)
@@ -128,32 +128,46 @@ def _changes(
     for (src, dst, protocol, port), was in was_table.items():
         if now_table.get((src, dst, protocol, port), was) != was:
             # Only changed pairs are evaluated one by one, for the rules behind the change.
-            peers = _pod_peer(old, src), _pod_peer(old, dst, replica=src == dst)
-            change = sides.compare(*peers, Probe(protocol, port), (src, dst))
+            source, target = _pod_peer(old, src), _pod_peer(old, dst, replica=src == dst)
+            # A template pod to itself is one replica to another: named as explain names it.
+            names = (src, f"{target.namespace}/{target.pod}")
+            change = sides.compare(source, target, probe=Probe(protocol, port), names=names)
             if change is not None:
                 found.append(change)
-    carved = regions(old, new, family)
-    for members in _alike(old, new, common):
+    carved = regions(old, new, family=family)
+    for members in _alike(old, new, common=common):
         # Pods alike on both sides get the same verdicts against an address, so one stands for
         # all; the members are evaluated one by one only where its verdict changed.
         first = _pod_peer(old, members[0])
         for region in carved:
             ip_peer = Peer(ip=region.address)
             for probe in probes:
-                if sides.compare(first, ip_peer, probe, ("", "")) is not None:
+                if sides.compare(first, ip_peer, probe=probe, names=("", "")) is not None:
                     found.extend(
-                        sides.changed(_pod_peer(old, k), ip_peer, probe, (k, region.label), region.address)
+                        sides.changed(
+                            _pod_peer(old, k),
+                            ip_peer,
+                            probe=probe,
+                            names=(k, region.label),
+                            address=region.address,
+                        )
                         for k in members
                     )
-                if sides.compare(ip_peer, first, probe, ("", "")) is not None:
+                if sides.compare(ip_peer, first, probe=probe, names=("", "")) is not None:
                     found.extend(
-                        sides.changed(ip_peer, _pod_peer(old, k), probe, (region.label, k), region.address)
+                        sides.changed(
+                            ip_peer,
+                            _pod_peer(old, k),
+                            probe=probe,
+                            names=(region.label, k),
+                            address=region.address,
+                        )
                         for k in members
                     )
     return found
 
 
-def _alike(old: ClusterModel, new: ClusterModel, common: Set[str]) -> list[list[str]]:
+def _alike(old: ClusterModel, new: ClusterModel, *, common: Set[str]) -> list[list[str]]:
     """``common`` pod keys grouped by what their verdicts against a bare address depend on.
 
     That is, on each side: namespace, labels, container ports (named ports resolve on them) and
@@ -190,7 +204,7 @@ class _Sides:
     family: Family
 
     def compare(
-        self, src: Peer, dst: Peer, probe: Probe, names: tuple[str, str], address: str = ""
+        self, src: Peer, dst: Peer, *, probe: Probe, names: tuple[str, str], address: str = ""
     ) -> tuple[str, PairChange] | None:
         """("+" or "-", the change) when the verdict differs between the sides, else None."""
         before, after = (
@@ -209,10 +223,10 @@ class _Sides:
         return sign, PairChange(*names, probe.protocol, probe.port, None, reason, address)
 
     def changed(
-        self, src: Peer, dst: Peer, probe: Probe, names: tuple[str, str], address: str = ""
+        self, src: Peer, dst: Peer, *, probe: Probe, names: tuple[str, str], address: str = ""
     ) -> tuple[str, PairChange]:
         """:meth:`compare` where the verdict is known to have changed."""
-        change = self.compare(src, dst, probe, names, address)
+        change = self.compare(src, dst, probe=probe, names=names, address=address)
         if change is None:
             raise InternalError(f"{names[0]} -> {names[1]} {probe}: alike pods got different verdicts")
         return change
@@ -238,7 +252,7 @@ def _now_blocks(before: Side, after: Side) -> str:
 # --- address regions -----------------------------------------------------------------------------
 
 
-def regions(old: ClusterModel, new: ClusterModel, family: Family) -> tuple[Region, ...]:
+def regions(old: ClusterModel, new: ClusterModel, *, family: Family) -> tuple[Region, ...]:
     """One representative address for each set of addresses the ipBlocks of both sides treat alike.
 
     Representatives avoid pod and node addresses (those are pods or nodes, not "addresses out

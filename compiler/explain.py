@@ -24,13 +24,13 @@ def render(verdict: Verdict) -> str:
     ]
     for side in (verdict.egress, verdict.ingress):
         other = verdict.dst if side.direction == "egress" else verdict.src
-        first, *rest = _side_lines(side, other, f"{verdict.protocol}/{verdict.port}")
+        first, *rest = _side_lines(side, other, probe=f"{verdict.protocol}/{verdict.port}")
         lines.append(f"  {side.direction:<7} {side.subject}: {first}")
         lines.extend(f"    {line}" for line in rest)
     return "\n".join(lines)
 
 
-def _side_lines(side: Side, other: str, probe: str) -> list[str]:
+def _side_lines(side: Side, other: str, *, probe: str) -> list[str]:
     """The side's verdict and reason, then detail lines (other allowing rules, near misses)."""
     if side.exempt:
         lines = [f"allowed: {side.exempt}"]

@@ -25,7 +25,8 @@ from compiler.ir import Chain, MapEntry, NodePlan, PlanSet, Verdict, VerdictMap
 from compiler.model import Pod
 from compiler.naming import FAMILY, TABLE
 from compiler.nodestate import NodeState
-from compiler.peersets import CidrSetSpec, Element, addr_key, family_of, pod_addresses
+from compiler.peersets import CidrSetSpec, Element
+from compiler.podindex import addr_key, family_of, pod_addresses
 from compiler.render_json import (
     chain_json,
     map_entry_json,

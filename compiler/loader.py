@@ -89,7 +89,7 @@ def load_manifests(sources: Sequence[tuple[str, str]]) -> LoadResult:
         loaded.problems.extend(problems)
         for where, data in documents:
             if data is not None:  # an empty document
-                _read(loaded, file, where, data)
+                _read(loaded, file, where=where, data=data)
     if loaded.problems:
         raise InputError(loaded.problems)
     for (file, kind), names in loaded.skipped.items():
@@ -107,7 +107,7 @@ def load_manifests(sources: Sequence[tuple[str, str]]) -> LoadResult:
 
 
 def _read(
-    loaded: _Loaded, file: str, where: str, data: Any, *, kind: str | None = None, api: str | None = None
+    loaded: _Loaded, file: str, *, where: str, data: Any, kind: str | None = None, api: str | None = None
 ) -> None:
     """One decoded object; ``kind``/``api`` are inherited by the items of a ``<Kind>List``."""
     if not isinstance(data, Mapping):
@@ -127,7 +127,7 @@ def _read(
         return
     namespaced = kind not in _CLUSTER_SCOPED
     data = _with_namespace(data) if namespaced else data
-    label = _label(kind, data.get("metadata"), where, namespaced=namespaced)
+    label = _label(kind, data.get("metadata"), where=where, namespaced=namespaced)
     if kind not in _API_VERSIONS:
         if (known := _BY_LOWER_KIND.get(kind.lower())) is not None:
             # Skipping it would silently drop the object; the API server rejects it too.
@@ -183,7 +183,7 @@ def _read_list(
     # them) may not, and are of the list's kind and version.
     item_kind, item_api = (None, None) if kind == "List" else (kind[:-4], api)
     for i, item in enumerate(items):
-        _read(loaded, file, f"{where}, items[{i}]", item, kind=item_kind, api=item_api)
+        _read(loaded, file, where=f"{where}, items[{i}]", data=item, kind=item_kind, api=item_api)
 
 
 def _with_namespace(data: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -193,7 +193,7 @@ def _with_namespace(data: Mapping[str, Any]) -> Mapping[str, Any]:
     return data
 
 
-def _label(kind: str, meta: object, where: str, *, namespaced: bool) -> str:
+def _label(kind: str, meta: object, *, where: str, namespaced: bool) -> str:
     """How problems name the object: ``NetworkPolicy x/deny-all``, ``Node n1``, or ``document 3``."""
     name = meta.get("name") if isinstance(meta, Mapping) else None
     if not isinstance(name, str) or not name:

@@ -15,11 +15,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from compiler.cluster import ClusterModel
+from compiler.loader import WORKLOAD_ANNOTATION
 from compiler.model import PROTOCOLS, ObjectMeta, Pod, Protocol
 from compiler.semantics import Family, connectivity
 
-# The loader marks template pods with this annotation: "<Kind>/<name>" of the workload.
-WORKLOAD_ANNOTATION = "stockade.io/workload"
 # Suffix of the stand-in for "another replica" of a template pod; a space can never be part of a
 # Kubernetes name, so it cannot collide with a real pod.
 _REPLICA_SUFFIX = " (another replica)"
@@ -91,6 +90,40 @@ def policy_probes(models: Iterable[ClusterModel]) -> tuple[Probe, ...]:
                 found.add(Probe(port.protocol, port.port))
                 if port.end_port is not None:
                     found.add(Probe(port.protocol, port.end_port))
+    return sort_probes(found)
+
+
+def unnamed_port_probes(models: Sequence[ClusterModel]) -> tuple[Probe, ...]:
+    """One port standing for all the ports nothing names, per protocol a rule opens whole.
+
+    A rule without ports (every protocol) or with a protocol but no port opens ports no policy and
+    no container names; every such port is matched by exactly the same rules, so the lowest one
+    answers for all. Without it, a change that drops a rule's port list (``[80]`` to every port)
+    would widen access where no probed port sees it.
+    """
+    open_protocols: set[Protocol] = set()
+    taken: list[tuple[Protocol, int, int]] = []  # (protocol, first, last): ports something names
+    for policy in (p for model in models for p in model.policies):
+        for ports in [*(r.ports for r in policy.spec.ingress), *(r.ports for r in policy.spec.egress)]:
+            if not ports:
+                open_protocols.update(PROTOCOLS)
+            for port in ports:
+                if port.port is None:
+                    open_protocols.add(port.protocol)
+                elif isinstance(port.port, int):
+                    taken.append((port.protocol, port.port, port.end_port or port.port))
+    for pod in (pod for model in models for pod in model.pods):
+        taken.extend((p.protocol, p.container_port, p.container_port) for p in pod.container_ports())
+    found: set[Probe] = set()
+    for protocol in open_protocols:
+        free = 1
+        # Ranges in order of their first port: the lowest free port is below the next range or past it.
+        for first, last in sorted((lo, hi) for proto, lo, hi in taken if proto == protocol):
+            if first > free:
+                break
+            free = max(free, last + 1)
+        if free <= 65535:
+            found.add(Probe(protocol, free))
     return sort_probes(found)
 
 

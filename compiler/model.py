@@ -150,7 +150,9 @@ class Container(_Lenient):
 
 class PodSpec(_Lenient):
     node_name: str | None = None
-    host_network: bool = False
+    # Strict: a host-network pod is exempt from every policy, so `hostNetwork: "yes"` (or 1) must
+    # be an error, as the API server makes it, not a pod quietly taken out of policy.
+    host_network: bool = Field(default=False, strict=True)
     containers: tuple[Container, ...] = ()
     init_containers: tuple[Container, ...] = ()
 

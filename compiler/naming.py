@@ -41,6 +41,16 @@ CHAIN_INPUT = "input"
 CHAIN_FORWARD = "forward"
 
 
+def ip_keyword(family: Family) -> str:
+    """nft's word for the address header of ``family``: ``ip saddr``, ``ip6 daddr``."""
+    return "ip" if family == 4 else "ip6"
+
+
+def addr_type(family: Family) -> str:
+    """nft's data type of an address of ``family``, for sets and maps."""
+    return "ipv4_addr" if family == 4 else "ipv6_addr"
+
+
 def digest(*parts: str) -> str:
     """A short stable hash of ``parts``; length-prefixed so ("ab", "c") and ("a", "bc") differ."""
     h = hashlib.sha256()
@@ -113,7 +123,7 @@ def comment(text: str) -> str:
     return _truncate_bytes(clean, COMMENT_MAX_BYTES - len(_ELLIPSIS)) + _ELLIPSIS
 
 
-def rule_comment(policy: str, direction: Direction, index: int) -> str:
+def rule_comment(policy: str, direction: Direction, *, index: int) -> str:
     """``ns/name ingress[0]``; a long policy key is cut so the direction and index always remain."""
     tail = f" {direction}[{index}]"
     head = sanitize(policy)

@@ -43,17 +43,14 @@ from compiler.peersets import (
     CidrSetSpec,
     Element,
     NamedPortSetSpec,
-    PodIndex,
     PodSetSpec,
     Selection,
     SetSpec,
-    addr_key,
-    family_of,
     intervals,
     merge_spans,
-    namespace_of,
     spec_key,
 )
+from compiler.podindex import PodIndex, addr_key, family_of, namespace_of
 from compiler.selectors import matches
 
 
@@ -200,7 +197,7 @@ class NodeState:
             def resolve(proto: Protocol, name: str) -> tuple[int, ...]:
                 return resolved.get((proto, name), ())
 
-            build = pod_chain(direction, with_templates, resolve if direction == "ingress" else None)
+            build = pod_chain(direction, with_templates, resolve=resolve if direction == "ingress" else None)
             self._chain_cache[cache_key] = build
         return build
 

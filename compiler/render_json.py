@@ -22,7 +22,6 @@ from compiler.ir import (
     CtStateIn,
     DaddrProtoPortInSet,
     DportIn,
-    Family,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
     IifLoopback,
@@ -39,25 +38,17 @@ from compiler.ir import (
     VerdictMap,
     VmapLookup,
 )
-from compiler.naming import FAMILY, TABLE
+from compiler.naming import FAMILY, TABLE, addr_type, ip_keyword
 
 Json = dict[str, Any]
 JSON_SCHEMA_VERSION = 1
-
-
-def _ip(family: Family) -> str:
-    return "ip" if family == 4 else "ip6"
-
-
-def _addr_type(family: Family) -> str:
-    return "ipv4_addr" if family == 4 else "ipv6_addr"
 
 
 def _payload(protocol: str, field: str) -> Json:
     return {"payload": {"protocol": protocol, "field": field}}
 
 
-def _eq(left: Json, right: Any, op: str = "==") -> Json:
+def _eq(left: Json, right: Any, *, op: str = "==") -> Json:
     return {"match": {"op": op, "left": left, "right": right}}
 
 
@@ -71,7 +62,7 @@ def _one_or_set(values: list[Any]) -> Any:
 
 def match_json(m: Match) -> Json:
     if isinstance(m, AddrInSet):
-        return _eq(_payload(_ip(m.family), m.field), f"@{m.set_name}", "!=" if m.negate else "==")
+        return _eq(_payload(ip_keyword(m.family), m.field), f"@{m.set_name}", op="!=" if m.negate else "==")
     if isinstance(m, DportIn):
         return _eq(_payload(m.protocol.lower(), "dport"), _one_or_set([_port(r) for r in m.ports]))
     if isinstance(m, L4protoIn):
@@ -79,7 +70,7 @@ def match_json(m: Match) -> Json:
     if isinstance(m, DaddrProtoPortInSet):
         key = {
             "concat": [
-                _payload(_ip(m.family), "daddr"),
+                _payload(ip_keyword(m.family), "daddr"),
                 {"meta": {"key": "l4proto"}},
                 _payload("th", "dport"),
             ]
@@ -87,7 +78,7 @@ def match_json(m: Match) -> Json:
         return _eq(key, f"@{m.set_name}")
     if isinstance(m, CtStateIn):
         states: Any = m.states[0] if len(m.states) == 1 else list(m.states)
-        return _eq({"ct": {"key": "state"}}, states, "in")
+        return _eq({"ct": {"key": "state"}}, states, op="in")
     if isinstance(m, IifLoopback):
         return _eq({"meta": {"key": "iiftype"}}, "loopback")
     if isinstance(m, FibSaddrIifMissing):
@@ -109,7 +100,7 @@ def rule_json(chain: str, rule: Rule) -> Json:
         expr.append({"counter": None})
     if isinstance(rule.action, VmapLookup):
         a = rule.action
-        expr.append({"vmap": {"key": _payload(_ip(a.family), a.field), "data": f"@{a.map_name}"}})
+        expr.append({"vmap": {"key": _payload(ip_keyword(a.family), a.field), "data": f"@{a.map_name}"}})
     else:
         expr.append(verdict_json(rule.action))
     return {"rule": {"family": FAMILY, "table": TABLE, "chain": chain, "expr": expr, "comment": rule.comment}}
@@ -144,9 +135,9 @@ def set_elements(s: PlanSet) -> list[Any]:
 def set_json(s: PlanSet) -> Json:
     body: Json = {"family": FAMILY, "table": TABLE, "name": s.name}
     if isinstance(s, AddrPortSet):
-        body["type"] = [_addr_type(s.family), "inet_proto", "inet_service"]
+        body["type"] = [addr_type(s.family), "inet_proto", "inet_service"]
     else:
-        body["type"] = _addr_type(s.family)
+        body["type"] = addr_type(s.family)
     if isinstance(s, IntervalSet):
         body["flags"] = ["interval"]
     elements = set_elements(s)
@@ -164,7 +155,7 @@ def map_json(m: VerdictMap) -> Json:
         "family": FAMILY,
         "table": TABLE,
         "name": m.name,
-        "type": _addr_type(m.family),
+        "type": addr_type(m.family),
         "map": "verdict",
     }
     if m.entries:

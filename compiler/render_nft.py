@@ -22,7 +22,6 @@ from compiler.ir import (
     CtStateIn,
     DaddrProtoPortInSet,
     DportIn,
-    Family,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
     IifLoopback,
@@ -38,17 +37,9 @@ from compiler.ir import (
     VerdictMap,
     VmapLookup,
 )
-from compiler.naming import FAMILY, TABLE
+from compiler.naming import FAMILY, TABLE, addr_type, ip_keyword
 
 _PER_LINE = 8
-
-
-def _ip(family: Family) -> str:
-    return "ip" if family == 4 else "ip6"
-
-
-def _addr_type(family: Family) -> str:
-    return "ipv4_addr" if family == 4 else "ipv6_addr"
 
 
 def _port(r: PortRange) -> str:
@@ -61,13 +52,13 @@ def _one_or_set(values: Sequence[str]) -> str:
 
 def match_text(m: Match) -> str:
     if isinstance(m, AddrInSet):
-        return f"{_ip(m.family)} {m.field} {'!= ' if m.negate else ''}@{m.set_name}"
+        return f"{ip_keyword(m.family)} {m.field} {'!= ' if m.negate else ''}@{m.set_name}"
     if isinstance(m, DportIn):
         return f"{m.protocol.lower()} dport {_one_or_set([_port(r) for r in m.ports])}"
     if isinstance(m, L4protoIn):
         return f"meta l4proto {_one_or_set([p.lower() for p in m.protocols])}"
     if isinstance(m, DaddrProtoPortInSet):
-        return f"{_ip(m.family)} daddr . meta l4proto . th dport @{m.set_name}"
+        return f"{ip_keyword(m.family)} daddr . meta l4proto . th dport @{m.set_name}"
     if isinstance(m, CtStateIn):
         return f"ct state {','.join(m.states)}"
     if isinstance(m, IifLoopback):
@@ -89,7 +80,7 @@ def rule_text(rule: Rule) -> str:
         words.append("counter")
     if isinstance(rule.action, VmapLookup):
         a = rule.action
-        words.append(f"{_ip(a.family)} {a.field} vmap @{a.map_name}")
+        words.append(f"{ip_keyword(a.family)} {a.field} vmap @{a.map_name}")
     else:
         words.append(verdict_text(rule.action))
     words.append(f'comment "{rule.comment}"')
@@ -124,9 +115,9 @@ def _note(text: str, indent: str) -> list[str]:
 
 def set_text(s: PlanSet) -> list[str]:
     if isinstance(s, AddrPortSet):
-        kind = f"{_addr_type(s.family)} . inet_proto . inet_service"
+        kind = f"{addr_type(s.family)} . inet_proto . inet_service"
     else:
-        kind = _addr_type(s.family)
+        kind = addr_type(s.family)
     lines = [*_note(s.note, "\t"), f"\tset {s.name} {{", f"\t\ttype {kind}"]
     if isinstance(s, IntervalSet):
         lines.append("\t\tflags interval")
@@ -135,7 +126,7 @@ def set_text(s: PlanSet) -> list[str]:
 
 
 def map_text(m: VerdictMap) -> list[str]:
-    lines = [f"\tmap {m.name} {{", f"\t\ttype {_addr_type(m.family)} : verdict"]
+    lines = [f"\tmap {m.name} {{", f"\t\ttype {addr_type(m.family)} : verdict"]
     lines += _elements_block([f"{e.address} : {verdict_text(e.verdict)}" for e in m.entries], "\t\t")
     return [*lines, "\t}"]
 

@@ -90,8 +90,8 @@ def _rebased(path: str, rebase: Rebase) -> str:
 def _check(
     model: type[M],
     doc: dict[str, Any],
-    checks: Callable[[dict[str, Any], _Report], None],
     *,
+    checks: Callable[[dict[str, Any], _Report], None],
     file: str,
     obj: str,
     rebase: Rebase = (),
@@ -115,7 +115,7 @@ def _check(
 
 
 def _cidr(
-    container: dict[str, Any], name: str, path: str, report: _Report, at: int | None = None
+    container: dict[str, Any], name: str, *, path: str, report: _Report, at: int | None = None
 ) -> IPNetwork | None:
     """Parse ``container[name]`` (or its item ``at``) as a CIDR, store it canonical; the network or None."""
     raw = container[name] if at is None else container[name][at]
@@ -138,21 +138,21 @@ def _cidr(
     return net
 
 
-def _ip_block(block: object, path: str, report: _Report) -> None:
+def _ip_block(block: object, path: str, *, report: _Report) -> None:
     if not isinstance(block, dict) or "cidr" not in block:
         return
-    net = _cidr(block, "cidr", child(path, "cidr"), report)
+    net = _cidr(block, "cidr", path=child(path, "cidr"), report=report)
     if net is None:
         return  # upstream checks except entries only against a valid cidr
     for i, _ in _items(block.get("except")):
         epath = index(child(path, "except"), i)
         original = block["except"][i]
-        exc = _cidr(block, "except", epath, report, at=i)
+        exc = _cidr(block, "except", path=epath, report=report, at=i)
         if exc is not None and not strictly_within(exc, net):
             report.add(epath, f"invalid value {quote(original)}: must be a strict subset of `cidr` ({net})")
 
 
-def _peer(peer: object, path: str, report: _Report) -> None:
+def _peer(peer: object, path: str, *, report: _Report) -> None:
     if not isinstance(peer, dict):
         return
     present = [k for k in ("podSelector", "namespaceSelector", "ipBlock") if k in peer]
@@ -162,14 +162,14 @@ def _peer(peer: object, path: str, report: _Report) -> None:
         report.add(path, "forbidden: may not specify both ipBlock and another peer")
     for name in ("podSelector", "namespaceSelector"):
         report.issues.extend(selector_issues(peer.get(name), child(path, name)))
-    _ip_block(peer.get("ipBlock"), child(path, "ipBlock"), report)
+    _ip_block(peer.get("ipBlock"), child(path, "ipBlock"), report=report)
 
 
 # What _typed_port returns for a value of the wrong type (already reported).
 _BAD = object()
 
 
-def _typed_port(value: object, path: str, report: _Report, *, allow_str: bool = False) -> object:
+def _typed_port(value: object, path: str, *, report: _Report, allow_str: bool = False) -> object:
     """``value`` if it is absent, an int (or a str when ``allow_str``); otherwise report it and
     return ``_BAD``. pydantic alone would take ``true`` as 1 and ``80.0`` as 80."""
     if value is None or (isinstance(value, int) and not isinstance(value, bool)):
@@ -181,11 +181,11 @@ def _typed_port(value: object, path: str, report: _Report, *, allow_str: bool = 
     return _BAD
 
 
-def _port(port: object, path: str, report: _Report) -> None:
+def _port(port: object, path: str, *, report: _Report) -> None:
     if not isinstance(port, dict):
         return
-    number = _typed_port(port.get("port"), child(path, "port"), report, allow_str=True)
-    end = _typed_port(port.get("endPort"), child(path, "endPort"), report)
+    number = _typed_port(port.get("port"), child(path, "port"), report=report, allow_str=True)
+    end = _typed_port(port.get("endPort"), child(path, "endPort"), report=report)
     end_path = child(path, "endPort")
     if isinstance(number, int):
         report.issues.extend(
@@ -217,9 +217,9 @@ def _policy_checks(doc: dict[str, Any], report: _Report) -> None:
             if not isinstance(rule, dict):
                 continue
             for j, port in _items(rule.get("ports")):
-                _port(port, index(child(rpath, "ports"), j), report)
+                _port(port, index(child(rpath, "ports"), j), report=report)
             for j, peer in _items(rule.get(peers)):
-                _peer(peer, index(child(rpath, peers), j), report)
+                _peer(peer, index(child(rpath, peers), j), report=report)
     types = spec.get("policyTypes")
     if isinstance(types, list) and len(types) > 2:
         report.add(
@@ -229,7 +229,7 @@ def _policy_checks(doc: dict[str, Any], report: _Report) -> None:
 
 def parse_policy(data: Mapping[str, Any], *, file: str, obj: str) -> Checked[NetworkPolicy]:
     """A NetworkPolicy from decoded YAML/JSON, checked as the API server checks it on create."""
-    return _check(NetworkPolicy, _clean(data), _policy_checks, file=file, obj=obj)
+    return _check(NetworkPolicy, _clean(data), checks=_policy_checks, file=file, obj=obj)
 
 
 def validate_policy(policy: Mapping[str, Any] | NetworkPolicy, *, file: str, obj: str) -> list[Problem]:
@@ -242,7 +242,7 @@ def validate_policy(policy: Mapping[str, Any] | NetworkPolicy, *, file: str, obj
 # --- Pod, Namespace, Node ---------------------------------------------------------------------------
 
 
-def _container_ports(containers: object, path: str, report: _Report) -> None:
+def _container_ports(containers: object, path: str, *, report: _Report) -> None:
     for i, container in _items(containers):
         if not isinstance(container, dict):
             continue
@@ -251,7 +251,7 @@ def _container_ports(containers: object, path: str, report: _Report) -> None:
             ppath = index(child(index(path, i), "ports"), j)
             if not isinstance(port, dict):
                 continue
-            number = _typed_port(port.get("containerPort"), child(ppath, "containerPort"), report)
+            number = _typed_port(port.get("containerPort"), child(ppath, "containerPort"), report=report)
             if isinstance(number, int):
                 report.issues.extend(
                     (child(ppath, "containerPort"), f"invalid value {number}: {m}")
@@ -268,14 +268,14 @@ def _container_ports(containers: object, path: str, report: _Report) -> None:
                 names.add(name)
 
 
-def _one_per_family(values: list[tuple[str, str]], path: str, what: str, report: _Report) -> None:
+def _one_per_family(values: list[tuple[str, str]], path: str, *, what: str, report: _Report) -> None:
     """Dual-stack lists (podIPs, podCIDRs) hold at most one entry per IP family."""
     families = [":" in v for _, v in values]
     if len(values) > 2 or len(set(families)) != len(families):
         report.add(path, f"may specify no more than one {what} for each IP family")
 
 
-def _ip(value: object, path: str, report: _Report) -> IPAddress | None:
+def _ip(value: object, path: str, *, report: _Report) -> IPAddress | None:
     if not isinstance(value, str):
         return None  # absent, or pydantic reports the type
     try:
@@ -290,20 +290,20 @@ def _pod_checks(doc: dict[str, Any], report: _Report) -> None:
     spec = doc.get("spec")
     if isinstance(spec, dict):
         for name in ("containers", "initContainers"):
-            _container_ports(spec.get(name), child("spec", name), report)
+            _container_ports(spec.get(name), child("spec", name), report=report)
     status = doc.get("status")
     if not isinstance(status, dict):
         return
-    pod_ip = _ip(status.get("podIP"), "status.podIP", report)
+    pod_ip = _ip(status.get("podIP"), "status.podIP", report=report)
     ips: list[tuple[str, str]] = []
     first: IPAddress | None = None
     for i, entry in _items(status.get("podIPs")):
         path = child(index("status.podIPs", i), "ip")
-        ip = _ip(entry.get("ip") if isinstance(entry, dict) else None, path, report)
+        ip = _ip(entry.get("ip") if isinstance(entry, dict) else None, path, report=report)
         if ip is not None:
             ips.append((path, str(ip)))
             first = first or ip
-    _one_per_family(ips, "status.podIPs", "IP", report)
+    _one_per_family(ips, "status.podIPs", what="IP", report=report)
     if pod_ip is not None and first is not None and ips[0][0] == "status.podIPs[0].ip" and pod_ip != first:
         report.add("status.podIPs[0].ip", f"must equal status.podIP ({pod_ip})")
 
@@ -311,7 +311,7 @@ def _pod_checks(doc: dict[str, Any], report: _Report) -> None:
 def parse_pod(data: Mapping[str, Any], *, file: str, obj: str, rebase: Rebase = ()) -> Checked[Pod]:
     """A Pod, keeping only what Stockade uses (so 10,000 pods load fast); ``rebase`` maps field
     paths back to where a template pod's fields came from (``spec`` -> ``spec.template.spec``)."""
-    return _check(Pod, _clean(_pod_view(data)), _pod_checks, file=file, obj=obj, rebase=rebase)
+    return _check(Pod, _clean(_pod_view(data)), checks=_pod_checks, file=file, obj=obj, rebase=rebase)
 
 
 def _pod_view(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -346,20 +346,20 @@ def _namespace_checks(doc: dict[str, Any], report: _Report) -> None:
 
 
 def parse_namespace(data: Mapping[str, Any], *, file: str, obj: str) -> Checked[Namespace]:
-    return _check(Namespace, _clean(data), _namespace_checks, file=file, obj=obj)
+    return _check(Namespace, _clean(data), checks=_namespace_checks, file=file, obj=obj)
 
 
 def _node_checks(doc: dict[str, Any], report: _Report) -> None:
     report.issues.extend(meta_issues(doc.get("metadata"), namespaced=False))
     spec = doc.get("spec")
     if isinstance(spec, dict):
-        single = _cidr(spec, "podCIDR", "spec.podCIDR", report) if "podCIDR" in spec else None
+        single = _cidr(spec, "podCIDR", path="spec.podCIDR", report=report) if "podCIDR" in spec else None
         cidrs: list[tuple[str, str]] = []
         for i, _ in _items(spec.get("podCIDRs")):
             path = index("spec.podCIDRs", i)
-            if (net := _cidr(spec, "podCIDRs", path, report, at=i)) is not None:
+            if (net := _cidr(spec, "podCIDRs", path=path, report=report, at=i)) is not None:
                 cidrs.append((path, str(net)))
-        _one_per_family(cidrs, "spec.podCIDRs", "CIDR", report)
+        _one_per_family(cidrs, "spec.podCIDRs", what="CIDR", report=report)
         if single is not None and cidrs and str(single) != cidrs[0][1]:
             report.add("spec.podCIDRs[0]", f"must equal spec.podCIDR ({single})")
     status = doc.get("status")
@@ -372,4 +372,4 @@ def _node_checks(doc: dict[str, Any], report: _Report) -> None:
 
 
 def parse_node(data: Mapping[str, Any], *, file: str, obj: str) -> Checked[Node]:
-    return _check(Node, _clean(data), _node_checks, file=file, obj=obj)
+    return _check(Node, _clean(data), checks=_node_checks, file=file, obj=obj)

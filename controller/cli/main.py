@@ -20,9 +20,9 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import TextIO
 
-from compiler.errors import InputError, InternalError, StockadeError
 from compiler.model import PROTOCOLS
-from controller.cli import offline
+from controller.cli import files, offline
+from controller.errors import InputError, InternalError, StockadeError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILED_CHECK = 1
@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         choices=(4, 6),
         default=None,
-        help="4 or 6 (default: of the addresses given, else 4)",
+        help="4 or 6 (default: of the addresses given, else 4 unless the pods have IPv6 only)",
     )
     p.add_argument(
         "--output", dest="sub_output", choices=("text", "json"), default=None, help="text (default) or json"
@@ -106,7 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ports", help="e.g. 80,tcp/443,udp/53,sctp/9000 (default: the pods' container ports, else 80)"
     )
-    p.add_argument("--family", type=int, choices=(4, 6), default=4, help="4 (default) or 6")
+    p.add_argument(
+        "--family",
+        type=int,
+        choices=(4, 6),
+        default=None,
+        help="4 or 6 (default: 4, or 6 when the pods have IPv6 addresses only)",
+    )
     p.add_argument(
         "--output", dest="sub_output", choices=("text", "json"), default=None, help="text (default) or json"
     )
@@ -125,7 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--ports", help="as for matrix (default: container ports and the ports policies name, on both sides)"
     )
     p.add_argument(
-        "--family", type=int, choices=(4, 6), default=None, help="4 or 6 (default: 4, and 6 if used)"
+        "--family",
+        type=int,
+        choices=(4, 6),
+        default=None,
+        help="4 or 6 (default: each that addresses and ipBlocks use)",
     )
     p.add_argument(
         "--output", dest="sub_output", choices=("text", "json"), default=None, help="text (default) or json"
@@ -140,21 +150,21 @@ def _width(stdout: TextIO) -> int:
     return int(os.environ.get("COLUMNS", "120")) if os.environ.get("COLUMNS", "").isdigit() else 120
 
 
-def _run(args: argparse.Namespace, stdin: TextIO, stdout: TextIO) -> offline.Result:
+def _run(args: argparse.Namespace, stdin: TextIO, *, stdout: TextIO) -> offline.Result:
     # argparse's `choices` already restricted these; the comparisons give mypy the literal types.
     fmt: offline.OutputFormat = (
         "json" if (getattr(args, "sub_output", None) or args.global_output) == "json" else "text"
     )
     if args.command == "compile":
         if args.output_file in ("text", "json", "nft"):
-            raise offline.UsageError(
+            raise UsageError(
                 f"compile: -o/--output takes a file name, not {args.output_file!r};"
                 " use --format json (or --output json before the command)"
             )
         form: offline.RulesetFormat = "json" if (args.format or args.global_output) == "json" else "nft"
         result = offline.compile_command(args.paths, node=args.node, fmt=form, stdin=stdin)
         if args.output_file:
-            offline.write_atomically(args.output_file, result.stdout)
+            files.write_atomically(args.output_file, result.stdout)
             return offline.Result("", notes=(*result.notes, f"wrote {args.output_file}"))
         return result
     if args.command == "explain":
@@ -202,13 +212,13 @@ def main(
     except SystemExit as e:  # --help, --version, or a usage error argparse already printed
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
-        result = _run(args, stdin, stdout)
+        result = _run(args, stdin, stdout=stdout)
     except InputError as e:
         for problem in e.problems:
             print(problem, file=stderr)
         print(f"stockade: {len(e.problems)} problem(s) in the input; nothing was written", file=stderr)
         return EXIT_USAGE
-    except offline.UsageError as e:
+    except UsageError as e:
         for line in str(e).splitlines():
             print(f"stockade {args.command}: {line}", file=stderr)
         return EXIT_USAGE

@@ -4,23 +4,20 @@ Only :mod:`compiler` is imported here (and this package's output formatting), ne
 parts of :mod:`controller`: the offline CLI must run where kopf, pyroute2 or libnftables are absent.
 
 Each command returns a :class:`Result` whose ``stdout`` is complete; the caller prints it only
-when the command succeeded, so bad input never produces a partial ruleset.
+when the command succeeded, so bad input never produces a partial ruleset. Reading and writing
+files is :mod:`controller.cli.files`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal, TextIO
 
 from compiler.cluster import ClusterModel
 from compiler.diff import connectivity_diff, ruleset_diff
-from compiler.errors import InputError, InternalError, PeerError, Problem
-from compiler.loader import LoadResult, load_manifests
+from compiler.loader import LoadResult
 from compiler.matrix import (
     Probe,
     build_matrix,
@@ -28,24 +25,23 @@ from compiler.matrix import (
     default_probes,
     parse_probes,
     policy_probes,
+    replica_name,
     sort_probes,
+    unnamed_port_probes,
+    with_replicas,
     workload_of,
 )
-from compiler.model import Protocol
+from compiler.model import Pod, Protocol
 from compiler.plan import build_plan
 from compiler.render_json import render_json
 from compiler.render_nft import render_nft
 from compiler.semantics import Family, Peer, evaluate, parse_ip
 from controller.cli import output
+from controller.cli.files import load
+from controller.errors import InputError, InternalError, PeerError, Problem, UsageError
 
 OutputFormat = Literal["text", "json"]
 RulesetFormat = Literal["nft", "json"]
-MANIFEST_SUFFIXES = (".yaml", ".yml", ".json")
-STDIN_NAME = "<stdin>"
-
-
-class UsageError(Exception):
-    """The user asked for something that cannot be done (unknown node, missing file, bad flag value)."""
 
 
 @dataclass(frozen=True)
@@ -53,59 +49,6 @@ class Result:
     stdout: str
     exit_code: int = 0
     notes: tuple[str, ...] = ()  # for stderr, printed whether or not the command succeeded
-
-
-# --- reading manifests -----------------------------------------------------------------------------
-
-
-def read_sources(paths: Sequence[str], stdin: TextIO) -> tuple[list[tuple[str, str]], list[str]]:
-    """(file name, text) of every manifest under ``paths``, and notes; all unreadable paths at once.
-
-    Directories are searched recursively for *.yaml, *.yml and *.json in sorted order, skipping
-    hidden entries (``.git`` and the like); a file named explicitly is read whatever its name.
-    """
-    sources: list[tuple[str, str]] = []
-    problems: list[str] = []
-    notes: list[str] = []
-    for path in paths:
-        if path == "-":
-            sources.append((STDIN_NAME, stdin.read()))
-            continue
-        p = Path(path)
-        if p.is_dir():
-            files = sorted(
-                f
-                for f in p.rglob("*")
-                if f.is_file()
-                and f.suffix.lower() in MANIFEST_SUFFIXES
-                and not any(part.startswith(".") for part in f.relative_to(p).parts)
-            )
-            for f in files:
-                _read(f, str(f), sources, problems)
-            if not files:
-                notes.append(f"{path}: no manifests (*.yaml, *.yml, *.json) in this directory")
-        elif p.exists():
-            _read(p, path, sources, problems)
-        else:
-            problems.append(f"{path}: no such file or directory")
-    if problems:
-        raise UsageError("\n".join(problems))
-    return sources, notes
-
-
-def _read(path: Path, name: str, sources: list[tuple[str, str]], problems: list[str]) -> None:
-    try:
-        sources.append((name, path.read_text(encoding="utf-8")))
-    except UnicodeDecodeError:
-        problems.append(f"{name}: not UTF-8 text")
-    except OSError as e:
-        problems.append(f"{name}: cannot read: {e.strerror or e}")
-
-
-def load(paths: Sequence[str], stdin: TextIO) -> LoadResult:
-    sources, notes = read_sources(paths, stdin)
-    result = load_manifests(sources)
-    return LoadResult(result.model, (*notes, *result.notes))
 
 
 # --- nodes --------------------------------------------------------------------------------------------
@@ -132,9 +75,10 @@ def pick_node(model: ClusterModel, requested: str | None) -> str:
     raise UsageError(f"the manifests have {len(nodes)} nodes; pick one with --node ({listing})")
 
 
-def ruleset(model: ClusterModel, node: str, fmt: RulesetFormat = "nft") -> str:
+def ruleset(model: ClusterModel, node: str, *, fmt: RulesetFormat = "nft") -> tuple[str, tuple[str, ...]]:
+    """The node's ruleset, and the plan's notes (a node without podCIDRs is not failed closed)."""
     plan = build_plan(model, node=node)
-    return render_nft(plan) if fmt == "nft" else output.dumps(render_json(plan))
+    return (render_nft(plan) if fmt == "nft" else output.dumps(render_json(plan))), plan.notes
 
 
 # --- commands -----------------------------------------------------------------------------------------
@@ -142,8 +86,9 @@ def ruleset(model: ClusterModel, node: str, fmt: RulesetFormat = "nft") -> str:
 
 def compile_command(paths: Sequence[str], *, node: str | None, fmt: RulesetFormat, stdin: TextIO) -> Result:
     loaded = load(paths, stdin)
-    text = ruleset(loaded.model, pick_node(loaded.model, node), fmt)
-    return Result(text, notes=(*loaded.notes, *_addressless(loaded.model)))
+    # The plan's notes are in the nft text as comments too, but JSON and -o FILE would hide them.
+    text, plan_notes = ruleset(loaded.model, pick_node(loaded.model, node), fmt=fmt)
+    return Result(text, notes=(*loaded.notes, *plan_notes, *_addressless(loaded.model)))
 
 
 def _addressless(model: ClusterModel) -> list[str]:
@@ -174,17 +119,33 @@ def parse_peer(text: str, flag: str) -> Peer:
     return Peer(namespace=namespace, pod=name)
 
 
-def _family_for(src: Peer, dst: Peer, requested: Family | None) -> Family:
+def _family_for(src: Peer, dst: Peer, *, requested: Family | None) -> Family | None:
+    """``--family``, else that of the addresses given; None when both ends are pods."""
     versions = {ipaddress.ip_address(p.ip).version for p in (src, dst) if p.ip is not None}
     if requested is not None:
         return requested
     if len(versions) > 1:
         raise UsageError("--from and --to are addresses of different families")
+    if not versions:
+        return None
     return 6 if versions == {6} else 4
 
 
+def _address_families(pods: Sequence[Pod]) -> set[Family]:
+    return {6 if ":" in ip else 4 for pod in pods for ip in pod.ips()}
+
+
+def _pods_family(model: ClusterModel, src: Peer, *, dst: Peer) -> Family:
+    """IPv4, unless the only family the pods have addresses in is IPv6 (an IPv6-only pod has no
+    IPv4 answer); pods without addresses (workload templates) count for either."""
+    pods = [model.pod(p.namespace or "default", p.pod) for p in (src, dst) if p.pod is not None]
+    held = [_address_families([p]) for p in pods if p is not None and p.ips()]
+    common = set.intersection(*held) if held else {4}
+    return 6 if common == {6} else 4
+
+
 def _port_number(
-    model: ClusterModel, src: Peer, dst: Peer, port: str, *, protocol: Protocol, family: Family
+    model: ClusterModel, src: Peer, *, dst: Peer, port: str, protocol: Protocol, family: Family
 ) -> int:
     """A number, or a container port name resolved on the destination pod."""
     if port.isdigit():
@@ -210,6 +171,16 @@ def _port_number(
     return numbers[0]
 
 
+def _replica_target(model: ClusterModel, src: Peer, *, dst: Peer) -> tuple[ClusterModel, Peer]:
+    """A workload to itself is one replica to another (as in ``matrix``), not a pod to itself."""
+    if src.pod is None or src != dst:
+        return model, dst
+    pod = model.pod(src.namespace or "default", src.pod)
+    if pod is None or workload_of(pod) is None:
+        return model, dst
+    return with_replicas(model), Peer(namespace=dst.namespace, pod=replica_name(pod))
+
+
 def explain_command(
     paths: Sequence[str],
     *,
@@ -222,11 +193,13 @@ def explain_command(
     stdin: TextIO,
 ) -> Result:
     source, target = parse_peer(src, "--from"), parse_peer(dst, "--to")
-    fam = _family_for(source, target, family)
+    given = _family_for(source, target, requested=family)
     loaded = load(paths, stdin)
+    model, target = _replica_target(loaded.model, source, dst=target)
+    fam = given if given is not None else _pods_family(model, source, dst=target)
     try:
-        number = _port_number(loaded.model, source, target, port, protocol=protocol, family=fam)
-        verdict = evaluate(loaded.model, src=source, dst=target, protocol=protocol, port=number, family=fam)
+        number = _port_number(model, source, dst=target, port=port, protocol=protocol, family=fam)
+        verdict = evaluate(model, src=source, dst=target, protocol=protocol, port=number, family=fam)
     except PeerError as e:
         raise UsageError(str(e)) from e
     text = output.dumps(output.verdict_json(verdict)) if fmt == "json" else verdict.explain() + "\n"
@@ -236,9 +209,12 @@ def explain_command(
 def _probes(
     text: str | None, models: Sequence[ClusterModel], *, policy_ports: bool = False
 ) -> tuple[Probe, ...]:
-    """``--ports``, else the pods' container ports (and for diff, the ports policies name), else 80."""
+    """``--ports``, else the pods' container ports (and for diff, the ports policies name, and a
+    port standing for those nothing names), else 80."""
     if text is None:
-        found = container_probes(models) + (policy_probes(models) if policy_ports else ())
+        found = container_probes(models)
+        if policy_ports:
+            found += policy_probes(models) + unnamed_port_probes(models)
         return sort_probes(found) or default_probes(models)
     try:
         return parse_probes(text)
@@ -247,9 +223,17 @@ def _probes(
 
 
 def matrix_command(
-    paths: Sequence[str], *, ports: str | None, family: Family, fmt: OutputFormat, width: int, stdin: TextIO
+    paths: Sequence[str],
+    *,
+    ports: str | None,
+    family: Family | None,
+    fmt: OutputFormat,
+    width: int,
+    stdin: TextIO,
 ) -> Result:
     loaded = load(paths, stdin)
+    if family is None:
+        family = 6 if _address_families(loaded.model.pods) == {6} else 4
     matrix = build_matrix(loaded.model, probes=_probes(ports, [loaded.model]), family=family)
     if fmt == "json":
         return Result(output.dumps(output.matrix_json(matrix)), notes=loaded.notes)
@@ -257,12 +241,17 @@ def matrix_command(
 
 
 def _families(models: Sequence[ClusterModel]) -> tuple[Family, ...]:
-    """IPv4, and IPv6 too when any pod address or ipBlock of either side is IPv6."""
+    """Each family a pod address or an ipBlock of either side uses; IPv4 when none does.
+
+    An IPv6-only cluster is not compared in IPv4: its pods have no IPv4 addresses, and IPv4
+    verdicts (ipBlocks of the other family never match) would report changes no packet sees.
+    """
     texts = [ip for m in models for p in m.pods for ip in p.ips()]
     for policy in (pol for m in models for pol in m.policies):
         rules = [*(r.from_ for r in policy.spec.ingress), *(r.to for r in policy.spec.egress)]
         texts += [peer.ip_block.cidr for peers in rules for peer in peers if peer.ip_block is not None]
-    return (4, 6) if any(":" in t for t in texts) else (4,)
+    found: set[Family] = {6 if ":" in t else 4 for t in texts}
+    return tuple(sorted(found)) or (4,)
 
 
 def diff_command(
@@ -291,7 +280,7 @@ def diff_command(
     probes = _probes(ports, [old, new], policy_ports=True)
     families: tuple[Family, ...] = (family,) if family is not None else _families([old, new])
     conn = connectivity_diff(old, new, ports=probes, family=families)
-    chosen, text, note = _ruleset_change(old, new, node, (old_path, new_path))
+    chosen, text, note = _ruleset_change(old, new, requested=node, labels=(old_path, new_path))
     changed = conn.changed or bool(text)
     failed = (fail_on == "widened" and conn.widened) or (fail_on == "any" and changed)
     if fmt == "json":
@@ -303,6 +292,11 @@ def diff_command(
             conn, probes=probes, families=families, node=chosen, ruleset=text, ruleset_note=note
         )
     notes = [*loaded[0].notes, *loaded[1].notes]
+    if stand_ins := (unnamed_port_probes([old, new]) if ports is None else ()):
+        notes.append(
+            f"probed {' '.join(map(str, stand_ins))} for every port of its protocol"
+            " that a rule opens but no policy or container names"
+        )
     if failed:
         what = (
             f"{len(conn.gained)} pair(s) gained access" if fail_on == "widened" else "the manifests changed"
@@ -312,7 +306,7 @@ def diff_command(
 
 
 def _ruleset_change(
-    old: ClusterModel, new: ClusterModel, requested: str | None, labels: tuple[str, str]
+    old: ClusterModel, new: ClusterModel, *, requested: str | None, labels: tuple[str, str]
 ) -> tuple[str | None, str, str]:
     """(node, unified diff, why not compared): the node's rulesets on both sides, compared."""
     nodes = sorted({*known_nodes(old), *known_nodes(new)})
@@ -324,38 +318,9 @@ def _ruleset_change(
     elif requested not in nodes:
         raise UsageError(f"unknown node {requested!r}; known nodes: {', '.join(nodes) or 'none'}")
     # A side that does not know the node has no ruleset for it (the node is new, or gone).
-    texts = [ruleset(m, requested) if requested in known_nodes(m) else "" for m in (old, new)]
+    texts = [ruleset(m, requested)[0] if requested in known_nodes(m) else "" for m in (old, new)]
     return (
         requested,
         ruleset_diff(*texts, old_label=f"{labels[0]} ({requested})", new_label=f"{labels[1]} ({requested})"),
         "",
     )
-
-
-# --- writing ------------------------------------------------------------------------------------------
-
-
-def write_atomically(path: str, text: str) -> None:
-    """Replace ``path`` with ``text`` in one rename, so readers never see half a ruleset."""
-    target = Path(path)
-    try:
-        mode = target.stat().st_mode & 0o777 if target.exists() else _default_mode()
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    except OSError as e:
-        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UsageError(f"{path}: cannot write: {e.strerror or e}") from e
-
-
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask

@@ -36,8 +36,8 @@ from compiler.cluster import ClusterModel
 from compiler.incremental import NodeCompiler, render_delta_json
 from compiler.ir import AddrPortSet, AddrSet, IntervalSet, NodePlan
 from compiler.model import Namespace, NetworkPolicy, Node, Pod
-from compiler.peersets import addr_key, normalize
 from compiler.plan import build_plan
+from compiler.podindex import addr_key, normalize
 from compiler.render_json import render_json
 from compiler.render_nft import render_nft
 

@@ -35,7 +35,7 @@ from compiler.ir import (
     VmapLookup,
 )
 from compiler.model import Protocol
-from compiler.peersets import PodIndex, normalize
+from compiler.podindex import PodIndex, normalize
 
 Outcome = Literal["accept", "drop", "return"]
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from controller.cli import files, offline
 from controller.cli import main as cli_main
-from controller.cli import offline
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -269,6 +269,54 @@ def test_matrix_ipv6(run: Run) -> None:
     assert out.startswith("Connectivity (IPv6)")
 
 
+# Two IPv6-only pods; b admits its /64 only. An IPv4 answer would be BLOCKED, and no packet sees it.
+IPV6_ONLY = """\
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x}
+spec: {nodeName: n1}
+status: {podIPs: [{ip: "fd00::a"}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x, labels: {app: b}}
+spec: {nodeName: n1}
+status: {podIPs: [{ip: "fd00::b"}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b, namespace: x}
+spec:
+  podSelector: {matchLabels: {app: b}}
+  ingress: [{from: [{ipBlock: {cidr: "fd00::/64"}}]}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        pytest.param(
+            ["explain", "--from", "x/a", "--to", "x/b", "--port", "80"],
+            "ALLOWED  x/a -> x/b  TCP/80 (IPv6)",
+            id="explain",
+        ),
+        pytest.param(["matrix"], "Connectivity (IPv6): rows are sources, columns destinations.", id="matrix"),
+        pytest.param(["diff", "-"], "Connectivity (IPv6; ports TCP/80):", id="diff"),
+    ],
+)
+def test_ipv6_only_pods_are_answered_in_ipv6(
+    run: Run, tmp_path: Path, argv: list[str], expected: str
+) -> None:
+    manifests = tmp_path / "v6.yaml"
+    manifests.write_text(IPV6_ONLY)
+    command, *rest = argv
+    code, out, _ = run(
+        command, str(manifests), *rest, *(["--ports", "80"] if command != "explain" else []), stdin=IPV6_ONLY
+    )
+    assert code == 0
+    assert out.splitlines()[0] == expected
+
+
 @pytest.mark.parametrize(
     ("ports", "message"),
     [
@@ -299,6 +347,31 @@ def test_compile_json(run: Run) -> None:
     assert code == 0
     assert "nftables" in json.loads(out)
     assert run("--output", "json", "compile", DEFAULT_DENY)[1] == out
+
+
+@pytest.mark.parametrize(
+    ("node", "note"),
+    [
+        pytest.param(
+            "spec: {}", "node 'n1' has no podCIDRs: compiled without fail-closed rules", id="no-podcidrs"
+        ),
+        pytest.param(
+            "", "node 'n1' is not in the model: compiled without fail-closed rules", id="no-node-object"
+        ),
+    ],
+)
+def test_compile_says_on_stderr_when_it_cannot_fail_closed(
+    run: Run, tmp_path: Path, node: str, note: str
+) -> None:
+    """Not only as a comment in the nft text: JSON and ``-o FILE`` would hide it."""
+    manifests = tmp_path / "cluster.yaml"
+    pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: n1}\nstatus: {podIP: 10.0.0.1}\n"
+    manifests.write_text(
+        pod + (f"---\napiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n{node}\n" if node else "")
+    )
+    code, out, err = run("compile", str(manifests), "--format", "json")
+    assert code == 0 and "nftables" in json.loads(out)
+    assert f"stockade: {note}\n" in err
 
 
 @pytest.mark.parametrize(
@@ -377,13 +450,22 @@ def test_directories_are_read_recursively_in_sorted_order(tmp_path: Path) -> Non
     (tmp_path / ".git").mkdir()
     (tmp_path / ".git" / "config.yaml").write_text("not: [yaml")
     (tmp_path / "B.YAML").write_text(NAMESPACE % "upper")
-    sources, notes = offline.read_sources([str(tmp_path)], io.StringIO())
+    sources, notes = files.read_sources([str(tmp_path)], io.StringIO())
     assert [name for name, _ in sources] == [str(tmp_path / n) for n in ("B.YAML", "a.yml", "b/c.json")]
     assert notes == []
 
 
+def test_a_file_given_twice_is_read_once(run: Run) -> None:
+    """Its objects are not duplicates of themselves (a directory and a file in it, say)."""
+    pods = str(EXAMPLES / "default-deny" / "pods.yaml")
+    code, out, err = run("matrix", DEFAULT_DENY, pods)
+    assert code == 0
+    assert f"stockade: {pods}: already read as {pods}; read once\n" in err
+    assert out == run("matrix", DEFAULT_DENY)[1]
+
+
 def test_an_empty_directory_is_a_note(tmp_path: Path) -> None:
-    sources, notes = offline.read_sources([str(tmp_path)], io.StringIO())
+    sources, notes = files.read_sources([str(tmp_path)], io.StringIO())
     assert sources == []
     assert notes == [f"{tmp_path}: no manifests (*.yaml, *.yml, *.json) in this directory"]
 

@@ -122,6 +122,23 @@ def test_pods_on_one_side_only_are_listed_not_compared() -> None:
     assert diff.changed and not diff.widened
 
 
+def test_a_workload_to_itself_is_replica_to_replica() -> None:
+    web = """
+    ---
+    apiVersion: apps/v1
+    kind: Deployment
+    metadata: {name: web, namespace: x}
+    spec: {template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c}]}}}
+    """
+    deny = _policy("x/deny", "{podSelector: {}, policyTypes: [Ingress]}")
+    diff = connectivity_diff(_model(web), _model(web, deny), ports=TCP80)
+    assert [c.describe("-") for c in diff.lost] == [
+        "- other IPv4 addresses -> x/web TCP/80 (x/web ingress: was not isolated, now isolated by x/deny)",
+        "- x/web -> x/web (another replica) TCP/80"
+        " (x/web (another replica) ingress: was not isolated, now isolated by x/deny)",
+    ]
+
+
 EGRESS_WORLD = _policy(
     "x/out",
     "{podSelector: {}, policyTypes: [Egress], egress: [{to: [{ipBlock: {cidr: 0.0.0.0/0, "
@@ -228,7 +245,7 @@ def test_regions(blocks: list[tuple[str, list[str]]], expected: list[Region]) ->
     peers = ", ".join(f"{{ipBlock: {{cidr: '{c}', except: {e}}}}}" for c, e in blocks)
     policy = _policy("x/p", f"{{podSelector: {{}}, ingress: [{{from: [{peers}]}}]}}") if blocks else ""
     model = _model(_pod("x/a", "{}", "10.244.1.2"), policy)
-    assert list(regions(model, ClusterModel(), 4)) == expected
+    assert list(regions(model, ClusterModel(), family=4)) == expected
 
 
 def test_diff_is_deterministic() -> None:

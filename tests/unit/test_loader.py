@@ -341,7 +341,9 @@ def test_a_workload_and_a_pod_of_one_name_collide() -> None:
     ],
 )
 def test_same_name_is_no_duplicate_in_another_namespace_or_kind(second: str) -> None:
-    load(POLICY, second)
+    model = load(POLICY, second).model
+    kept = [*model.policies, *model.pods, *model.namespaces]
+    assert len(kept) == 2, "both objects are kept, neither replaces the other"
 
 
 # --- bad documents -----------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from compiler.matrix import (
     parse_probe,
     parse_probes,
     policy_probes,
+    unnamed_port_probes,
 )
 from compiler.semantics import Peer, evaluate
 from controller.cli.output import matrix_json, matrix_text
@@ -129,6 +130,40 @@ def test_policy_probes_take_single_ports_and_range_ends() -> None:
         )
     )
     assert policy_probes([model]) == (Probe("UDP", 53), Probe("TCP", 8000), Probe("TCP", 8080))
+
+
+@pytest.mark.parametrize(
+    ("ports", "pod_ports", "expected"),
+    [
+        pytest.param("[{port: 80}, {protocol: UDP, port: 53}]", "[]", (), id="every-port-named"),
+        pytest.param(
+            "[]",
+            "[]",
+            (Probe("SCTP", 1), Probe("TCP", 1), Probe("UDP", 1)),
+            id="no-ports-opens-every-protocol",
+        ),
+        pytest.param(
+            "[{protocol: TCP}, {port: 1, endPort: 3}]",
+            "[{containerPort: 4}]",
+            (Probe("TCP", 5),),
+            id="skips-ranges-and-container-ports",
+        ),
+        pytest.param(
+            "[{protocol: TCP}, {port: 5, endPort: 9}, {port: 1, endPort: 3}]",
+            "[{containerPort: 4}]",
+            (Probe("TCP", 10),),
+            id="ranges-out-of-order",
+        ),
+        pytest.param("[{protocol: TCP}, {port: 2, endPort: 5}]", "[]", (Probe("TCP", 1),), id="gap-below"),
+        pytest.param("[{protocol: UDP, port: 1, endPort: 65535}, {protocol: UDP}]", "[]", (), id="none-free"),
+    ],
+)
+def test_unnamed_port_probes(ports: str, pod_ports: str, expected: tuple[Probe, ...]) -> None:
+    model = _model(
+        _pod("x", "a", "{}", "10.244.1.2", pod_ports),
+        _policy("x", "p", f"{{podSelector: {{}}, ingress: [{{ports: {ports}}}]}}"),
+    )
+    assert unnamed_port_probes([model]) == expected
 
 
 def test_matrix_agrees_with_evaluate_for_every_pair() -> None:

@@ -125,7 +125,7 @@ def test_comment_examples(text: str, expected: str) -> None:
 def test_rule_comment_keeps_direction_and_index(
     policy: str, direction: naming.Direction, index: int, expected: str | None
 ) -> None:
-    out = naming.rule_comment(policy, direction, index)
+    out = naming.rule_comment(policy, direction, index=index)
     assert len(out.encode()) <= naming.COMMENT_MAX_BYTES
     assert out.endswith(f" {direction}[{index}]")
     if expected is not None:

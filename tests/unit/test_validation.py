@@ -629,6 +629,11 @@ INVALID_PODS = [
         id="protocol",
     ),
     pytest.param(pod(spec={"containers": "x"}), "spec.containers", "must be a list", id="containers-str"),
+    # A host-network pod is exempt from every policy: "yes" must not quietly make one.
+    pytest.param(
+        pod(spec={"hostNetwork": "yes"}), "spec.hostNetwork", "true or false", id="host-network-str"
+    ),
+    pytest.param(pod(spec={"hostNetwork": 1}), "spec.hostNetwork", "true or false", id="host-network-int"),
 ]
 
 

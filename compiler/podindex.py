@@ -1,0 +1,187 @@
+"""An index of pods: labels per namespace, and the owner of every pod address.
+
+Peer sets hold addresses, so what matters is which pod an address belongs to. The reference
+semantics resolves an address to the pod-network pod holding it, a live pod winning over a
+finished one (its address may already be reused) and the smaller ``namespace/name`` breaking
+ties; :class:`PodIndex` keeps that *owner* per address, so the sets of :mod:`compiler.peersets`,
+defined by owners, and :mod:`compiler.semantics` agree even on odd clusters.
+
+Selecting pods never scans every pod: each namespace keeps an inverted index from label
+(key, value) and from key to pod names, and a selector is the intersection of its requirements'
+candidate sets.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from functools import lru_cache
+
+from compiler.ir import Family
+from compiler.model import LabelSelector, Pod
+from compiler.selectors import requirements
+
+FINISHED_PHASES = ("Succeeded", "Failed")
+
+
+def namespace_of(obj: Pod) -> str:
+    return obj.metadata.namespace or "default"
+
+
+def _ipv4_value(text: str) -> int | None:
+    """Dotted-quad IPv4 as an integer, by the same rules as ``ipaddress`` (no leading zeros);
+    a fast path, since every pod address of a large cluster is parsed on each full compile."""
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    value = 0
+    for part in parts:
+        if not (part.isascii() and part.isdigit()) or len(part) > 3 or (len(part) > 1 and part[0] == "0"):
+            return None
+        octet = int(part)
+        if octet > 255:
+            return None
+        value = value << 8 | octet
+    return value
+
+
+@lru_cache(maxsize=65536)
+def normalize(text: str) -> str | None:
+    """The canonical text of an address (as nft prints it), or None if it is not one."""
+    if _ipv4_value(text) is not None:
+        return text  # a valid dotted quad is already canonical
+    if ":" not in text:
+        return None  # not IPv6 either (the fast path above follows ipaddress's IPv4 rules)
+    try:
+        return str(ipaddress.IPv6Address(text))
+    except ValueError:
+        return None
+
+
+@lru_cache(maxsize=65536)
+def addr_key(address: str) -> tuple[int, int]:
+    """Sort key of a normalized address: family, then numeric value."""
+    value = _ipv4_value(address)
+    if value is not None:
+        return 4, value
+    return 6, int(ipaddress.IPv6Address(address))
+
+
+def family_of(address: str) -> Family:
+    return 6 if ":" in address else 4
+
+
+def pod_addresses(pod: Pod) -> tuple[str, ...]:
+    """Normalized addresses of a pod-network pod (host-network pods use the node's: none here)."""
+    if pod.spec.host_network:
+        return ()
+    found = (normalize(ip) for ip in pod.ips())
+    return tuple(dict.fromkeys(a for a in found if a is not None))
+
+
+class _NsIndex:
+    __slots__ = ("all", "by_key", "by_label")
+
+    def __init__(self) -> None:
+        self.all: set[str] = set()
+        self.by_key: dict[str, set[str]] = {}
+        self.by_label: dict[tuple[str, str], set[str]] = {}
+
+
+class PodIndex:
+    """Pods by key, by namespace and label, and the owner of every pod address."""
+
+    def __init__(self, pods: Iterable[Pod] = ()) -> None:
+        self.pods: dict[str, Pod] = {}
+        self.owner: dict[str, str] = {}
+        self._addrs: dict[str, tuple[str, ...]] = {}
+        self._holders: dict[str, set[str]] = {}
+        self._ns: dict[str, _NsIndex] = {}
+        for pod in pods:
+            self._insert(pod)
+        for address in self._holders:
+            self._elect(address)
+
+    def namespaces(self) -> tuple[str, ...]:
+        return tuple(self._ns)
+
+    def addresses(self, key: str) -> tuple[str, ...]:
+        return self._addrs.get(key, ())
+
+    def owned(self, key: str) -> tuple[str, ...]:
+        """The addresses ``key`` holds and owns, sorted."""
+        return tuple(sorted((a for a in self.addresses(key) if self.owner.get(a) == key), key=addr_key))
+
+    def add(self, pod: Pod) -> None:
+        if pod.key in self.pods:
+            self.remove(pod.key)
+        self._insert(pod)
+        for address in self.addresses(pod.key):
+            self._elect(address)
+
+    def remove(self, key: str) -> None:
+        pod = self.pods.pop(key, None)
+        if pod is None:
+            return
+        addresses = self._addrs.pop(key, ())
+        for address in addresses:
+            holders = self._holders[address]
+            holders.discard(key)
+            if not holders:
+                del self._holders[address]
+        if not pod.spec.host_network:
+            ns = self._ns[namespace_of(pod)]
+            ns.all.discard(key)
+            for k, v in pod.metadata.labels.items():
+                ns.by_key[k].discard(key)
+                ns.by_label[(k, v)].discard(key)
+        for address in addresses:
+            self._elect(address)
+
+    def select(self, namespace: str, selector: LabelSelector) -> set[str]:
+        """Keys of the pod-network pods of ``namespace`` that ``selector`` selects."""
+        ns = self._ns.get(namespace)
+        if ns is None:
+            return set()
+        found: set[str] | None = None
+        for key, op, values in sorted(requirements(selector), key=_cheapest_first):
+            if op == "In":
+                hits = set().union(*(ns.by_label.get((key, v), ()) for v in values))
+            elif op == "NotIn":
+                hits = ns.all - set().union(*(ns.by_label.get((key, v), ()) for v in values))
+            elif op == "Exists":
+                hits = set(ns.by_key.get(key, ()))
+            else:  # DoesNotExist
+                hits = ns.all - ns.by_key.get(key, set())
+            found = hits if found is None else found & hits
+            if not found:
+                return set()
+        return set(ns.all) if found is None else found
+
+    def _insert(self, pod: Pod) -> None:
+        key = pod.key
+        self.pods[key] = pod
+        if pod.spec.host_network:
+            return  # not policed, selected by nothing, owns no address (it uses its node's)
+        ns = self._ns.setdefault(namespace_of(pod), _NsIndex())
+        ns.all.add(key)
+        for k, v in pod.metadata.labels.items():
+            ns.by_key.setdefault(k, set()).add(key)
+            ns.by_label.setdefault((k, v), set()).add(key)
+        addresses = pod_addresses(pod)
+        if addresses:
+            self._addrs[key] = addresses
+        for address in addresses:
+            self._holders.setdefault(address, set()).add(key)
+
+    def _elect(self, address: str) -> None:
+        holders = self._holders.get(address)
+        if not holders:
+            self.owner.pop(address, None)
+            return
+        self.owner[address] = min(holders, key=lambda k: (self.pods[k].status.phase in FINISHED_PHASES, k))
+
+
+def _cheapest_first(req: tuple[str, str, tuple[str, ...]]) -> int:
+    # In and Exists narrow from small buckets; NotIn / DoesNotExist start from every pod.
+    return {"In": 0, "Exists": 1}.get(req[1], 2)
