@@ -9,6 +9,11 @@ Connectivity is compared over
   are matched by the same ipBlocks, so one representative address answers for the whole region,
   and a policy that opens egress to the internet shows up as a gained pair.
 
+Verdicts are compared per class of pods that the policies of either side cannot tell apart
+(:func:`compiler.classes.changed_pairs`), address regions taking part as further ends; only pairs
+whose verdict changed are expanded to pods and evaluated one by one, for the rules behind the
+change. An unchanged cluster of thousands of pods costs its classes, not the square of its pods.
+
 Pods present on one side only are listed as added or removed, not as gained or lost pairs: a new
 Deployment is a change to the workload, not a widening of policy, and listing every pair of a new
 pod would bury the policy changes a reviewer is looking for.
@@ -22,11 +27,12 @@ import ipaddress
 from collections.abc import Iterable, Sequence, Set
 from dataclasses import dataclass
 
+from compiler.classes import changed_pairs
 from compiler.cluster import ClusterModel
 from compiler.errors import InternalError
-from compiler.matrix import Probe, pair_table, replica_name, with_replicas
+from compiler.matrix import Probe, replica_name, with_replicas, workload_of
 from compiler.model import Protocol
-from compiler.semantics import Family, Peer, Side, evaluate, parse_ip
+from compiler.semantics import Family, Peer, Side, Verdict, evaluate, parse_ip
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _UNIVERSE: dict[Family, Network] = {4: ipaddress.ip_network("0.0.0.0/0"), 6: ipaddress.ip_network("::/0")}
@@ -118,75 +124,53 @@ def _order(change: PairChange) -> tuple[str, str, int, str, int, str]:
 def _changes(
     old: ClusterModel, new: ClusterModel, *, common: Set[str], probes: Sequence[Probe], family: Family
 ) -> list[tuple[str, PairChange]]:
-    """Changes between pods (from the fast pair tables) and between pods and address regions."""
+    """Changes between pods and between pods and address regions, found per class (see above)."""
     sides = _Sides(with_replicas(old), with_replicas(new), family)
-    found: list[tuple[str, PairChange]] = []
-    was_table, now_table = (
-        pair_table(model, probes=probes, family=family, pods=[p for p in model.pods if p.key in common])
-        for model in (old, new)
-    )
-    for (src, dst, protocol, port), was in was_table.items():
-        if now_table.get((src, dst, protocol, port), was) != was:
-            # Only changed pairs are evaluated one by one, for the rules behind the change.
-            source, target = _pod_peer(old, src), _pod_peer(old, dst, replica=src == dst)
-            # A template pod to itself is one replica to another: named as explain names it.
-            names = (src, f"{target.namespace}/{target.pod}")
-            change = sides.compare(source, target, probe=Probe(protocol, port), names=names)
-            if change is not None:
-                found.append(change)
+    keys = sorted(common)
+    # A template pod on both sides is paired with itself: one replica to another.
+    templates = [{p.key for p in m.pods if workload_of(p) is not None} for m in (old, new)]
+    replicas = set(keys) & templates[0] & templates[1]
     carved = regions(old, new, family=family)
-    for members in _alike(old, new, common=common):
-        # Pods alike on both sides get the same verdicts against an address, so one stands for
-        # all; the members are evaluated one by one only where its verdict changed.
-        first = _pod_peer(old, members[0])
-        for region in carved:
-            ip_peer = Peer(ip=region.address)
-            for probe in probes:
-                if sides.compare(first, ip_peer, probe=probe, names=("", "")) is not None:
-                    found.extend(
-                        sides.changed(
-                            _pod_peer(old, k),
-                            ip_peer,
-                            probe=probe,
-                            names=(k, region.label),
-                            address=region.address,
-                        )
-                        for k in members
-                    )
-                if sides.compare(ip_peer, first, probe=probe, names=("", "")) is not None:
-                    found.extend(
-                        sides.changed(
-                            ip_peer,
-                            _pod_peer(old, k),
-                            probe=probe,
-                            names=(region.label, k),
-                            address=region.address,
-                        )
-                        for k in members
-                    )
+    addresses = [parse_ip(region.address) for region in carved]
+    if any(a is None for a in addresses):
+        raise InternalError(f"a region's address does not parse: {carved}")
+    found: list[tuple[str, PairChange]] = []
+    for pairs, (protocol, port) in changed_pairs(
+        old,
+        new,
+        keys=keys,
+        replicas=replicas,
+        probes=[(p.protocol, p.port) for p in probes],
+        family=family,
+        addresses=[a for a in addresses if a is not None],
+    ):
+        probe = Probe(protocol, port)
+        verdicts: tuple[Verdict, Verdict] | None = None
+        for src, dst in pairs:
+            if isinstance(src, int) or isinstance(dst, int):
+                region = carved[src if isinstance(src, int) else int(dst)]
+                ip_peer = Peer(ip=region.address)
+                if isinstance(src, int):
+                    source, target, names = ip_peer, _pod_peer(old, str(dst)), (region.label, str(dst))
+                    subjects = (region.address, str(dst))
+                else:
+                    source, target, names = _pod_peer(old, src), ip_peer, (src, region.label)
+                    subjects = (src, region.address)
+            else:
+                source, target = _pod_peer(old, src), _pod_peer(old, dst, replica=src == dst)
+                # A template pod to itself is one replica to another: named as explain names it.
+                names = (src, f"{target.namespace}/{target.pod}")
+                subjects = names
+            # The pairs of a pair of classes differ only in names: the first is evaluated (for
+            # the rules behind the change), the others reuse its verdicts under their names.
+            if verdicts is None:
+                verdicts = sides.verdicts(source, target, probe=probe)
+            address = region.address if isinstance(src, int) or isinstance(dst, int) else ""
+            change = _change(*verdicts, probe=probe, names=names, subjects=subjects, address=address)
+            if change is None:
+                raise InternalError(f"{names[0]} -> {names[1]} {probe}: its class changed, the pair did not")
+            found.append(change)
     return found
-
-
-def _alike(old: ClusterModel, new: ClusterModel, *, common: Set[str]) -> list[list[str]]:
-    """``common`` pod keys grouped by what their verdicts against a bare address depend on.
-
-    That is, on each side: namespace, labels, container ports (named ports resolve on them) and
-    host networking. Not the pod's own address: ipBlocks match the other end, the address.
-    """
-    groups: dict[tuple[object, ...], list[str]] = {}
-    by_key = [{p.key: p for p in model.pods} for model in (old, new)]
-    for key in sorted(common):
-        signature = tuple(
-            (
-                pods[key].metadata.namespace,
-                tuple(sorted(pods[key].metadata.labels.items())),
-                tuple((p.name, p.protocol, p.container_port) for p in pods[key].container_ports()),
-                pods[key].spec.host_network,
-            )
-            for pods in by_key
-        )
-        groups.setdefault(signature, []).append(key)
-    return list(groups.values())
 
 
 def _pod_peer(model: ClusterModel, key: str, *, replica: bool = False) -> Peer:
@@ -203,33 +187,44 @@ class _Sides:
     new: ClusterModel
     family: Family
 
-    def compare(
-        self, src: Peer, dst: Peer, *, probe: Probe, names: tuple[str, str], address: str = ""
-    ) -> tuple[str, PairChange] | None:
-        """("+" or "-", the change) when the verdict differs between the sides, else None."""
+    def verdicts(self, src: Peer, dst: Peer, *, probe: Probe) -> tuple[Verdict, Verdict]:
+        """The verdicts of ``old`` and ``new``."""
         before, after = (
             evaluate(model, src=src, dst=dst, protocol=probe.protocol, port=probe.port, family=self.family)
             for model in (self.old, self.new)
         )
-        if before.allowed == after.allowed:
-            return None
-        pairs = ((before.egress, after.egress), (before.ingress, after.ingress))
-        if after.allowed:
-            # Gained: say what now allows each side that used to block.
-            reason = "; ".join(_now_allows(a) for b, a in pairs if not b.allowed)
-        else:
-            reason = "; ".join(_now_blocks(b, a) for b, a in pairs if not a.allowed)
-        sign = "+" if after.allowed else "-"
-        return sign, PairChange(*names, probe.protocol, probe.port, None, reason, address)
+        return before, after
 
-    def changed(
-        self, src: Peer, dst: Peer, *, probe: Probe, names: tuple[str, str], address: str = ""
-    ) -> tuple[str, PairChange]:
-        """:meth:`compare` where the verdict is known to have changed."""
-        change = self.compare(src, dst, probe=probe, names=names, address=address)
-        if change is None:
-            raise InternalError(f"{names[0]} -> {names[1]} {probe}: alike pods got different verdicts")
-        return change
+
+def _change(
+    before: Verdict,
+    after: Verdict,
+    *,
+    probe: Probe,
+    names: tuple[str, str],
+    subjects: tuple[str, str],
+    address: str = "",
+) -> tuple[str, PairChange] | None:
+    """("+" or "-", the change) when the verdict differs between the sides, else None.
+
+    ``subjects`` name the source and the destination in the reasons, as :func:`evaluate` names them.
+    """
+    if before.allowed == after.allowed:
+        return None
+    pairs = [
+        (dataclasses.replace(b, subject=subject), dataclasses.replace(a, subject=subject))
+        for b, a, subject in (
+            (before.egress, after.egress, subjects[0]),
+            (before.ingress, after.ingress, subjects[1]),
+        )
+    ]
+    if after.allowed:
+        # Gained: say what now allows each side that used to block.
+        reason = "; ".join(_now_allows(a) for b, a in pairs if not b.allowed)
+    else:
+        reason = "; ".join(_now_blocks(b, a) for b, a in pairs if not a.allowed)
+    sign = "+" if after.allowed else "-"
+    return sign, PairChange(*names, probe.protocol, probe.port, None, reason, address)
 
 
 def _refs(side: Side) -> str:

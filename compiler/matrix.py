@@ -1,23 +1,27 @@
 """The connectivity matrix: for every ordered pair of pods and every probed port, may they talk.
 
 Rows are sources, columns destinations, both the model's pods sorted by ``namespace/name``. The
-answers come from :func:`compiler.semantics.connectivity`, the reference semantics.
+answers are the reference semantics' (:func:`compiler.semantics.connectivity`), computed once per
+class of pods no policy tells apart (:mod:`compiler.classes`): pairs grow with the square of the
+pods, classes with the variety of what policies look at.
 
 Workload template pods (Deployments and the like, loaded as one pod per workload) stand for every
 replica, so the diagonal of a template means *one replica to another replica* and is evaluated
-like any other pair; the diagonal of a plain pod is its traffic to itself, which never leaves the
-pod and is not part of the matrix (``None``).
+like any other pair (another replica is another member of the template's class); the diagonal of
+a plain pod is its traffic to itself, which never leaves the pod and is not part of the matrix
+(``None``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from compiler.classes import ClassConnectivity, class_connectivity
 from compiler.cluster import ClusterModel
 from compiler.loader import WORKLOAD_ANNOTATION
 from compiler.model import PROTOCOLS, ObjectMeta, Pod, Protocol
-from compiler.semantics import Family, connectivity
+from compiler.semantics import Family
 
 # Suffix of the stand-in for "another replica" of a template pod; a space can never be part of a
 # Kubernetes name, so it cannot collide with a real pod.
@@ -144,23 +148,16 @@ def pair_table(
     absent; a template pod's pair with itself is replica-to-replica traffic.
     """
     chosen = list(model.pods if pods is None else pods)
-    replicas = {pod.key: _replica(pod) for pod in chosen if workload_of(pod) is not None}
-    verdicts = connectivity(
-        augmented(model, replicas.values()),
-        ports=[(p.protocol, p.port) for p in probes],
-        family=family,
-        pods=[*chosen, *replicas.values()],
-    )
-    replica_keys = {replica.key: key for key, replica in replicas.items()}
-    table: dict[PairKey, bool] = {}
-    for (src, dst, protocol, port), allowed in verdicts.items():
-        if src in replica_keys:
-            continue
-        if dst not in replica_keys:
-            table[(src, dst, protocol, port)] = allowed
-        elif replica_keys[dst] == src:
-            table[(src, src, protocol, port)] = allowed  # one replica to another
-    return table
+    table = class_connectivity(model, ports=[_as_tuple(p) for p in probes], family=family, pods=chosen)
+    result = table.pairs()
+    for pod in chosen:
+        if workload_of(pod) is not None:
+            # Another replica is another member of the template's class: the class's own verdict.
+            for probe in probes:
+                result[(pod.key, pod.key, probe.protocol, probe.port)] = table.allowed(
+                    pod.key, pod.key, _as_tuple(probe)
+                )
+    return result
 
 
 def replica_name(pod: Pod) -> str:
@@ -196,38 +193,58 @@ class MatrixPod:
 
 @dataclass(frozen=True)
 class Matrix:
-    """Verdicts of every pair: ``cell(src, dst)`` is one bool per probe, or None for a pod to itself."""
+    """Verdicts of every pair: ``cell(src, dst)`` is one bool per probe, or None for a pod to itself.
+
+    Cells are looked up in the per-class verdicts, not stored per pair: a 5,000-pod matrix would
+    otherwise hold 25 million tuples before a line of it is printed.
+    """
 
     pods: tuple[MatrixPod, ...]
     probes: tuple[Probe, ...]
     family: Family
-    _cells: Mapping[tuple[str, str], tuple[bool, ...]] = field(repr=False)
+    _table: ClassConnectivity = field(repr=False)
+    _templates: frozenset[str] = field(repr=False)
 
     def cell(self, src: str, dst: str) -> tuple[bool, ...] | None:
-        return self._cells.get((src, dst))
+        if src == dst and self._plain(src):
+            return None
+        if src not in self._table.class_of or dst not in self._table.class_of:
+            return None
+        return tuple(self._table.allowed(src, dst, _as_tuple(p)) for p in self.probes)
 
     def names(self) -> tuple[str, ...]:
         return tuple(pod.key for pod in self.pods)
 
     def counts(self) -> tuple[int, int]:
         """(allowed, total) over every evaluated (pair, probe)."""
-        flat = [v for cell in self._cells.values() for v in cell]
-        return sum(flat), len(flat)
+        table = self._table
+        sizes = [len(members) for members in table.members]
+        # Classes by size, as bitmasks: a class's allowed pairs are then a few popcounts.
+        by_size: dict[int, int] = {}
+        for c, n in enumerate(sizes):
+            by_size[n] = by_size.get(n, 0) | 1 << c
+        # A plain pod with itself is not a pair, though its class's own bit may be set.
+        selfless = [sum(map(self._plain, members)) for members in table.members]
+        allowed = 0
+        for probe in self.probes:
+            for c, mask in enumerate(table.masks[_as_tuple(probe)]):
+                allowed += sizes[c] * sum(n * (mask & m).bit_count() for n, m in by_size.items())
+                allowed -= selfless[c] * (mask >> c & 1)
+        pods = len(self.pods)
+        return allowed, (pods * pods - sum(selfless)) * len(self.probes)
+
+    def _plain(self, key: str) -> bool:
+        return key not in self._templates
 
 
 def build_matrix(model: ClusterModel, *, probes: Sequence[Probe] | None = None, family: Family = 4) -> Matrix:
     """The matrix of every pod of ``model``; ``probes`` default to :func:`default_probes`."""
     chosen = tuple(dict.fromkeys(probes)) if probes else default_probes([model])
     pods = sorted(model.pods, key=lambda p: p.key)
-    table = pair_table(model, probes=chosen, family=family, pods=pods)
-    cells: dict[tuple[str, str], tuple[bool, ...]] = {}
-    for src in pods:
-        for dst in pods:
-            if (src.key, dst.key, *_as_tuple(chosen[0])) not in table:
-                continue
-            cells[(src.key, dst.key)] = tuple(table[(src.key, dst.key, p.protocol, p.port)] for p in chosen)
+    table = class_connectivity(model, ports=[_as_tuple(p) for p in chosen], family=family, pods=pods)
     rows = tuple(MatrixPod(p.key, workload_of(p), p.ips(), p.spec.node_name) for p in pods)
-    return Matrix(rows, chosen, family, cells)
+    templates = frozenset(p.key for p in pods if workload_of(p) is not None)
+    return Matrix(rows, chosen, family, table, templates)
 
 
 def _as_tuple(probe: Probe) -> tuple[Protocol, int]:
