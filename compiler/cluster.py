@@ -47,10 +47,6 @@ class ClusterModel:
             self._by_address.setdefault(None, ())  # marks the index as built, even when empty
         return self._by_address.get(address, ())
 
-    def namespace_names(self) -> tuple[str, ...]:
-        """Declared and implied namespaces, sorted."""
-        return tuple(sorted(self._ns_labels))
-
     def namespace_labels(self, name: str) -> dict[str, str]:
         """Effective labels of a namespace (implied ones carry only kubernetes.io/metadata.name)."""
         return self._ns_labels.get(name, {NAMESPACE_NAME_LABEL: name})

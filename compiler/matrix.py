@@ -136,30 +136,6 @@ def workload_of(pod: Pod) -> str | None:
     return pod.metadata.annotations.get(WORKLOAD_ANNOTATION)
 
 
-PairKey = tuple[str, str, Protocol, int]
-
-
-def pair_table(
-    model: ClusterModel, *, probes: Sequence[Probe], family: Family, pods: Sequence[Pod] | None = None
-) -> dict[PairKey, bool]:
-    """The verdict of every ordered pair of ``pods`` (default: all) for every probe.
-
-    Keys are (source key, destination key, protocol, port). Pairs of a plain pod with itself are
-    absent; a template pod's pair with itself is replica-to-replica traffic.
-    """
-    chosen = list(model.pods if pods is None else pods)
-    table = class_connectivity(model, ports=[_as_tuple(p) for p in probes], family=family, pods=chosen)
-    result = table.pairs()
-    for pod in chosen:
-        if workload_of(pod) is not None:
-            # Another replica is another member of the template's class: the class's own verdict.
-            for probe in probes:
-                result[(pod.key, pod.key, probe.protocol, probe.port)] = table.allowed(
-                    pod.key, pod.key, _as_tuple(probe)
-                )
-    return result
-
-
 def replica_name(pod: Pod) -> str:
     """The name under which :func:`augmented` holds "another replica" of template pod ``pod``."""
     return pod.metadata.name + _REPLICA_SUFFIX

@@ -24,8 +24,6 @@ from compiler.model import PROTOCOLS
 from controller.cli import files, offline
 from controller.errors import InputError, InternalError, StockadeError, UsageError
 
-EXIT_OK = 0
-EXIT_FAILED_CHECK = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h)
 

@@ -207,14 +207,12 @@ def explain_command(
 
 
 def _probes(
-    text: str | None, models: Sequence[ClusterModel], *, policy_ports: bool = False
+    text: str | None, models: Sequence[ClusterModel], *, extra: Sequence[Probe] = ()
 ) -> tuple[Probe, ...]:
-    """``--ports``, else the pods' container ports (and for diff, the ports policies name, and a
-    port standing for those nothing names), else 80."""
+    """``--ports``, else the pods' container ports plus ``extra`` (diff adds the ports policies
+    name and the stand-ins for ports nothing names), else 80."""
     if text is None:
-        found = container_probes(models)
-        if policy_ports:
-            found += policy_probes(models) + unnamed_port_probes(models)
+        found = (*container_probes(models), *extra)
         return sort_probes(found) or default_probes(models)
     try:
         return parse_probes(text)
@@ -277,7 +275,9 @@ def diff_command(
     if problems:
         raise InputError(problems)
     old, new = loaded[0].model, loaded[1].model
-    probes = _probes(ports, [old, new], policy_ports=True)
+    # Stand-ins for "every port" of a protocol: probed, and said on stderr, only without --ports.
+    stand_ins = unnamed_port_probes([old, new]) if ports is None else ()
+    probes = _probes(ports, [old, new], extra=[*policy_probes([old, new]), *stand_ins])
     families: tuple[Family, ...] = (family,) if family is not None else _families([old, new])
     conn = connectivity_diff(old, new, ports=probes, family=families)
     chosen, text, note = _ruleset_change(old, new, requested=node, labels=(old_path, new_path))
@@ -292,7 +292,7 @@ def diff_command(
             conn, probes=probes, families=families, node=chosen, ruleset=text, ruleset_note=note
         )
     notes = [*loaded[0].notes, *loaded[1].notes]
-    if stand_ins := (unnamed_port_probes([old, new]) if ports is None else ()):
+    if stand_ins:
         notes.append(
             f"probed {' '.join(map(str, stand_ins))} for every port of its protocol"
             " that a rule opens but no policy or container names"

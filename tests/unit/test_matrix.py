@@ -13,7 +13,6 @@ from compiler.matrix import (
     build_matrix,
     container_probes,
     default_probes,
-    pair_table,
     parse_probe,
     parse_probes,
     policy_probes,
@@ -218,15 +217,19 @@ def test_workload_diagonal_is_replica_to_replica(policy: str, expected: bool) ->
         spec: {containers: [{name: redis, ports: [{containerPort: 6379}]}]}
     """
     model = _model(deployment, _policy("db", "p", policy))
-    table = pair_table(model, probes=[Probe("TCP", 6379)], family=4)
-    assert table == {("db/redis", "db/redis", "TCP", 6379): expected}
-    assert build_matrix(model).cell("db/redis", "db/redis") == (expected,)
+    matrix = build_matrix(model, probes=[Probe("TCP", 6379)])
+    assert matrix.cell("db/redis", "db/redis") == (expected,)
+    # The one template pod stands for its replicas: its diagonal is the only (pair, probe).
+    assert matrix.counts() == (int(expected), 1)
 
 
-def test_pair_table_leaves_out_a_plain_pod_with_itself() -> None:
-    table = pair_table(_model(*WORLD), probes=[Probe("TCP", 80)], family=4)
-    assert ("x/a", "x/a", "TCP", 80) not in table
-    assert ("x/a", "x/b", "TCP", 80) in table
+def test_matrix_leaves_out_a_plain_pod_with_itself() -> None:
+    matrix = build_matrix(_model(*WORLD), probes=[Probe("TCP", 80)])
+    assert matrix.cell("x/a", "x/a") is None
+    assert matrix.cell("x/a", "x/b") is not None
+    # 4 pods: 12 ordered pairs of distinct pods, plus y/web's replica-to-replica diagonal.
+    assert len(matrix.names()) == 4
+    assert matrix.counts()[1] == 4 * 3 + 1
 
 
 def test_matrix_text_full_names_when_it_fits() -> None:
