@@ -1,7 +1,7 @@
 """The per-node plan: what table ``inet stockade`` must hold on one node.
 
 :func:`build_plan` is the whole compile of a cluster model for a node. The plan is made of the
-frozen values of :mod:`compiler.ir` (re-exported here) and rendered by
+frozen values of :mod:`compiler.ir` and rendered by
 :func:`compiler.render_json.render_json` and :func:`compiler.render_nft.render_nft`.
 
 The data plane it describes (see DESIGN.md, "Data plane"):
@@ -21,33 +21,7 @@ The data plane it describes (see DESIGN.md, "Data plane"):
 from __future__ import annotations
 
 from compiler.cluster import ClusterModel
-from compiler.ir import (
-    AddrInSet,
-    AddrPortElement,
-    AddrPortSet,
-    AddrSet,
-    BaseHook,
-    Chain,
-    CtStateIn,
-    DaddrProtoPortInSet,
-    DportIn,
-    FibSaddrIifMissing,
-    Icmpv6TypeIn,
-    IifLoopback,
-    Interval,
-    IntervalSet,
-    L4protoIn,
-    LocalPod,
-    MapEntry,
-    Match,
-    NodePlan,
-    PlanSet,
-    PortRange,
-    Rule,
-    Verdict,
-    VerdictMap,
-    VmapLookup,
-)
+from compiler.ir import NodePlan
 from compiler.nodestate import NodeState
 
 
@@ -55,33 +29,3 @@ def build_plan(model: ClusterModel, *, node: str) -> NodePlan:
     """The plan for ``node``. An unknown node, or one without podCIDRs, still compiles (without
     fail-closed rules) and says so in ``plan.notes``."""
     return NodeState(model, node=node).snapshot()
-
-
-__all__ = [
-    "AddrInSet",
-    "AddrPortElement",
-    "AddrPortSet",
-    "AddrSet",
-    "BaseHook",
-    "Chain",
-    "CtStateIn",
-    "DaddrProtoPortInSet",
-    "DportIn",
-    "FibSaddrIifMissing",
-    "Icmpv6TypeIn",
-    "IifLoopback",
-    "Interval",
-    "IntervalSet",
-    "L4protoIn",
-    "LocalPod",
-    "MapEntry",
-    "Match",
-    "NodePlan",
-    "PlanSet",
-    "PortRange",
-    "Rule",
-    "Verdict",
-    "VerdictMap",
-    "VmapLookup",
-    "build_plan",
-]
