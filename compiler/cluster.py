@@ -3,14 +3,41 @@
 The operator builds it from its watches, the CLI from manifests; the compiler never asks
 where it came from. Namespaces that pods or policies mention but that were never declared
 are implied (with only their name label), as they would exist in any cluster that holds them.
+
+Pod addresses have two sources. The API's ``status.podIPs`` is one; the other is the CNI plugin
+on this node, which knows a sandbox's addresses before the kubelet reports them. It reaches the
+model as ``cni_addresses``, a mapping from pod UID to the addresses the plugin assigned, and
+:func:`with_cni_addresses` applies it by two rules:
+
+- the API status wins once present: a pod whose status lists any address keeps exactly those;
+- a report owns nothing by itself: one for a UID the model does not hold, for a finished pod
+  (Succeeded, Failed) or for a host-network pod is ignored.
+
+``ClusterModel.pods`` are the pods with the reports applied, so every consumer (the plan, the
+semantics, explain) sees one set of addresses; ``api_pods`` keeps them as the API gave them.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
-from compiler.model import NAMESPACE_NAME_LABEL, Namespace, NetworkPolicy, Node, Pod
+from compiler.model import NAMESPACE_NAME_LABEL, Namespace, NetworkPolicy, Node, Pod, PodIP
+
+CniAddresses = Mapping[str, tuple[str, ...]]
+"""Pod UID -> the addresses the CNI plugin on this node assigned to that pod's sandbox."""
+
+
+def with_cni_addresses(pod: Pod, reported: tuple[str, ...] | None) -> Pod:
+    """``pod`` with the CNI's addresses where the API shows none yet (see the module's rules)."""
+    if not reported or pod.ips() or pod.spec.host_network or pod.finished:
+        return pod
+    status = pod.status.model_copy(
+        update={"pod_ip": reported[0], "pod_ips": tuple(PodIP(ip=a) for a in reported)}
+    )
+    return pod.model_copy(update={"status": status})
 
 
 @dataclass(frozen=True)
@@ -19,12 +46,21 @@ class ClusterModel:
     pods: tuple[Pod, ...] = ()
     policies: tuple[NetworkPolicy, ...] = ()
     nodes: tuple[Node, ...] = ()
+    cni_addresses: CniAddresses = field(default_factory=lambda: MappingProxyType({}))
+    api_pods: tuple[Pod, ...] = field(default=(), init=False, repr=False, compare=False)
     _ns_labels: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _by_address: dict[ipaddress.IPv4Address | ipaddress.IPv6Address | None, tuple[Pod, ...]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
+        # Frozen: the reports are copied, and pods replaced once by their effective selves.
+        reports = MappingProxyType({uid: tuple(a) for uid, a in sorted(self.cni_addresses.items())})
+        object.__setattr__(self, "cni_addresses", reports)
+        object.__setattr__(self, "api_pods", self.pods)
+        if reports:
+            effective = tuple(with_cni_addresses(p, reports.get(p.uid)) for p in self.pods)
+            object.__setattr__(self, "pods", effective)
         labels = {ns.metadata.name: ns.effective_labels() for ns in self.namespaces}
         objects: tuple[Pod | NetworkPolicy, ...] = (*self.pods, *self.policies)
         for obj in objects:
@@ -33,11 +69,14 @@ class ClusterModel:
         self._ns_labels.update(labels)
 
     def pods_with_address(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[Pod, ...]:
-        """Pods that list ``address`` among their IPs (an index built once: explain and diff ask
-        this for every bare-IP peer, and a scan per question made a 300-pod diff take seconds)."""
+        """Live pods that list ``address`` among their IPs: a finished pod holds no address (an
+        index built once: explain and diff ask this for every bare-IP peer, and a scan per
+        question made a 300-pod diff take seconds)."""
         if not self._by_address:
             index: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, list[Pod]] = {}
             for pod in self.pods:
+                if pod.status.phase in ("Succeeded", "Failed"):
+                    continue
                 for ip in pod.ips():
                     try:
                         index.setdefault(ipaddress.ip_address(ip), []).append(pod)

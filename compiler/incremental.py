@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.cluster import ClusterModel
+from compiler.cluster import ClusterModel, with_cni_addresses
 from compiler.ir import Chain, MapEntry, NodePlan, PlanSet, Verdict, VerdictMap
 from compiler.model import Pod
 from compiler.naming import FAMILY, TABLE
@@ -79,10 +79,18 @@ class _Journal:
 
 
 class NodeCompiler(NodeState):
-    """A node's compiled state that follows pod churn; ``plan`` is always the full current plan."""
+    """A node's compiled state that follows pod churn; ``plan`` is always the full current plan.
+
+    Pods are identified by UID: an event about a pod names it by ``metadata.uid``, so a late
+    DELETE of a pod's previous incarnation (a StatefulSet pod re-created under the same name)
+    removes that incarnation only. Addresses the CNI plugin reports (:meth:`update_cni`) apply
+    by the rules of :mod:`compiler.cluster`.
+    """
 
     def __init__(self, model: ClusterModel, *, node: str) -> None:
         self._journal: _Journal | None = None
+        self._api: dict[str, Pod] = {p.uid: p for p in model.api_pods}
+        self._cni: dict[str, tuple[str, ...]] = dict(model.cni_addresses)
         super().__init__(model, node=node)
 
     @property
@@ -100,18 +108,38 @@ class NodeCompiler(NodeState):
             j.maps[name] = dict(self.maps[name])
 
     def update_pod(self, old: Pod | None, new: Pod | None) -> PlanDelta:
-        """Apply one pod event: added (old None), deleted (new None) or changed.
+        """Apply one pod event, as the API shows the pod: added (old None), deleted (new None) or
+        changed.
 
-        The compiler's own record of the pod is what is replaced; ``old`` only names it, so a
-        missed or repeated event still converges on the state of ``new``. Should this raise
+        The compiler's own record of the pod (by UID) is what is replaced; ``old`` only names it,
+        so a missed or repeated event still converges on the state of ``new``. Should this raise
         (an InternalError), the state is undefined: build a new compiler from the model.
         """
         subject = new if new is not None else old
         if subject is None:
             return PlanDelta()
-        if old is not None and new is not None and old.key != new.key:
-            raise ValueError(f"update_pod: {old.key} and {new.key} are different pods")
-        key = subject.key
+        if old is not None and new is not None and old.uid != new.uid:
+            raise ValueError(f"update_pod: {old.key} changed UID ({old.uid} -> {new.uid}): two pods")
+        uid = subject.uid
+        if new is None:
+            self._api.pop(uid, None)
+        else:
+            self._api[uid] = new
+        return self._replace(uid)
+
+    def update_cni(self, uid: str, addresses: tuple[str, ...]) -> PlanDelta:
+        """The CNI plugin reports the addresses of pod ``uid``'s sandbox (none: it was torn down).
+        A report for a pod the API has not shown yet is kept until it arrives."""
+        if addresses:
+            self._cni[uid] = tuple(addresses)
+        else:
+            self._cni.pop(uid, None)
+        return self._replace(uid) if uid in self._api else PlanDelta()
+
+    def _replace(self, key: str) -> PlanDelta:
+        """Make the index's pod ``key`` (a UID) the current effective pod, and record the delta."""
+        api = self._api.get(key)
+        new = None if api is None else with_cni_addresses(api, self._cni.get(key))
         self._journal = _Journal(sets=set(self.specs), chains=set(self.chains))
         self._snapshot = None
         try:

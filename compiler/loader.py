@@ -10,6 +10,8 @@ Other kinds are skipped with a note. ``List`` and ``<Kind>List`` documents are r
 Objects without a namespace are in ``default``. The same object (kind, namespace, name) twice,
 in one file or two, is a problem naming both places. The model is sorted (namespaces and nodes
 by name, pods and policies by namespace/name), so the same input always gives the same model.
+A pod without ``metadata.uid`` (manifests written by hand) gets a synthetic UID, a UUID derived
+from its namespace and name, so its identity is stable from run to run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from compiler.cluster import ClusterModel
 from compiler.decode import decode
 from compiler.errors import InputError, Problem
 from compiler.fieldpath import describe, quote
-from compiler.model import Namespace, NetworkPolicy, Node, Pod
+from compiler.model import Namespace, NetworkPolicy, Node, Pod, synthetic_uid
 from compiler.validation import Checked, parse_namespace, parse_node, parse_pod, parse_policy
 
 WORKLOAD_ANNOTATION = "stockade.io/workload"
@@ -162,12 +164,22 @@ def _read(
     loaded.problems.extend(checked.problems)
     loaded.notes.extend(checked.notes)
     if checked.value is not None:
+        value = checked.value
+        if isinstance(value, Pod) and value.metadata.uid is None:
+            value = _with_synthetic_uid(value)
         targets: dict[str, list[Any]] = {
             "NetworkPolicy": loaded.policies,
             "Namespace": loaded.namespaces,
             "Node": loaded.nodes,
         }
-        targets.get(kind, loaded.pods).append(checked.value)
+        targets.get(kind, loaded.pods).append(value)
+
+
+def _with_synthetic_uid(pod: Pod) -> Pod:
+    """A pod from a manifest without metadata.uid gets one derived from its namespace and name
+    (:func:`compiler.model.synthetic_uid`), so the same files always give the same identities."""
+    uid = synthetic_uid("Pod", pod.metadata.namespace, pod.metadata.name)
+    return pod.model_copy(update={"metadata": pod.metadata.model_copy(update={"uid": uid})})
 
 
 def _read_list(

@@ -57,7 +57,10 @@ def _network(cidr: str) -> Network:
 
 
 def address_of(pod: Pod, family: Family) -> Address | None:
-    """The pod's address of ``family``, or None (template pods and single-stack pods have none)."""
+    """The pod's address of ``family``, or None (template pods and single-stack pods have none,
+    and a finished pod holds none: its address may already be another pod's)."""
+    if pod.status.phase in ("Succeeded", "Failed"):
+        return None
     for text in pod.ips():
         address = parse_ip(text)
         if address is not None and address.version == family:

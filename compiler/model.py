@@ -11,9 +11,12 @@ Models are frozen. Their dict fields are never mutated after parsing.
 
 from __future__ import annotations
 
+import re
+import uuid
+from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
 Protocol = Literal["TCP", "UDP", "SCTP"]
@@ -35,24 +38,72 @@ class _Lenient(BaseModel):
     )
 
 
+# RFC 3339 as the API server reads metav1.Time (Go's time.RFC3339 layout: a time zone is required,
+# fractional seconds of any length are accepted).
+_RFC3339 = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def parse_time(value: object) -> datetime | None:
+    """A metav1.Time field: an RFC 3339 string, or the timestamp YAML already decoded. Raises
+    ValueError for anything the API server would refuse (no time zone, a number, a bare date)."""
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("must be an RFC 3339 time with a time zone, like 2024-05-01T12:00:00Z")
+        return value.astimezone(UTC)
+    if not isinstance(value, str):
+        raise ValueError(f"must be an RFC 3339 time string, got {type(value).__name__}")
+    found = _RFC3339.fullmatch(value)
+    if found is None:
+        raise ValueError(f"invalid value {value!r}: must be an RFC 3339 time, like 2024-05-01T12:00:00Z")
+    day, clock, fraction, zone = found.groups()
+    # Python keeps microseconds; finer digits cannot change which of two pods is newer in practice.
+    micro = (fraction or "")[:7]
+    zone = "+00:00" if zone in ("Z", "z") else zone
+    try:
+        return datetime.fromisoformat(f"{day}T{clock}{micro}{zone}").astimezone(UTC)
+    except ValueError as exc:
+        raise ValueError(f"invalid value {value!r}: {exc}") from exc
+
+
+# Offline manifests may carry no metadata.uid. Such an object gets a UUID derived from its kind,
+# namespace and name (uuid5 in this fixed namespace), so the same manifests always give the same
+# identities and the same output.
+SYNTHETIC_UID_NAMESPACE = uuid.UUID("6d1e3f0a-5b0c-4d8e-9a57-53746f636b61")
+
+
+def synthetic_uid(kind: str, namespace: str | None, name: str) -> str:
+    return str(uuid.uuid5(SYNTHETIC_UID_NAMESPACE, f"{kind}/{namespace or ''}/{name}"))
+
+
 class ObjectMeta(_Strict):
     name: str = ""
     namespace: str | None = None
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
+    # The object's identity (pods are keyed by it: a pod re-created under the same name is
+    # another pod); offline manifests may lack it (see synthetic_uid).
+    uid: str | None = None
+    # Which of two live pods claiming one address owns it: the one not being deleted, then the
+    # newest (see compiler/podindex.py).
+    creation_timestamp: datetime | None = None
+    deletion_timestamp: datetime | None = None
     # Server-populated fields: accepted (objects copied from `kubectl get -o yaml` carry them)
     # and otherwise ignored.
     generate_name: str | None = None
-    uid: str | None = None
     resource_version: str | None = None
     generation: int | None = None
-    creation_timestamp: Any = None
-    deletion_timestamp: Any = None
     deletion_grace_period_seconds: int | None = None
     self_link: str | None = None
     owner_references: list[Any] | None = None
     finalizers: list[str] | None = None
     managed_fields: list[Any] | None = None
+
+    @field_validator("creation_timestamp", "deletion_timestamp", mode="before")
+    @classmethod
+    def _time(cls, value: object) -> datetime | None:
+        return parse_time(value)
 
 
 # --- label selectors -------------------------------------------------------------------------
@@ -161,6 +212,9 @@ class PodIP(_Lenient):
     ip: str
 
 
+FINISHED_PHASES = ("Succeeded", "Failed")
+
+
 class PodStatus(_Lenient):
     phase: str | None = None
     pod_ip: str | None = Field(default=None, alias="podIP")
@@ -176,7 +230,18 @@ class Pod(_Lenient):
 
     @property
     def key(self) -> str:
+        """``namespace/name``: how people and output name the pod (not its identity: see uid)."""
         return f"{self.metadata.namespace}/{self.metadata.name}"
+
+    @property
+    def uid(self) -> str:
+        """The pod's identity: metadata.uid, or for a manifest without one its synthetic UID."""
+        return self.metadata.uid or synthetic_uid("Pod", self.metadata.namespace, self.metadata.name)
+
+    @property
+    def finished(self) -> bool:
+        """Succeeded or Failed: its containers are gone and its address may be handed out again."""
+        return self.status.phase in FINISHED_PHASES
 
     def ips(self) -> tuple[str, ...]:
         """Every address of the pod, podIPs first (the API keeps podIP == podIPs[0])."""

@@ -56,6 +56,7 @@ from compiler.selectors import matches
 
 @dataclass(frozen=True)
 class LocalEntry:
+    key: str  # namespace/name, as the plan names the pod
     addresses: tuple[str, ...]
     ingress: str | None
     egress: str | None
@@ -108,7 +109,7 @@ class NodeState:
         return pod.spec.node_name == self.node and not pod.spec.host_network
 
     def refresh_locals(self, keys: Iterable[str]) -> None:
-        """Recompute the dispatch of these pods (their owned addresses and chains)."""
+        """Recompute the dispatch of these pods, by UID (their owned addresses and chains)."""
         keys = sorted(set(keys))
         self._snapshot = None
         fresh: dict[str, LocalEntry] = {}
@@ -150,7 +151,7 @@ class NodeState:
             names[direction] = None if build is None else build[0].name
             if build is not None:
                 builds[build[0].name] = build
-        return LocalEntry(owned, names["ingress"], names["egress"])
+        return LocalEntry(pod.key, owned, names["ingress"], names["egress"])
 
     def _set_dispatch(self, address: str, entry: LocalEntry | None) -> None:
         family = family_of(address)
@@ -280,8 +281,8 @@ class NodeState:
                 sets.append(IntervalSet(naming.podcidr_set(family), family, spans, "this node's podCIDRs"))
         maps = tuple(self.plan_map(name) for name in self.map_shapes)
         local_pods = tuple(
-            LocalPod(key, entry.addresses, entry.ingress, entry.egress)
-            for key, entry in sorted(self.local.items())
+            LocalPod(entry.key, entry.addresses, entry.ingress, entry.egress)
+            for _, entry in sorted(self.local.items(), key=lambda item: (item[1].key, item[0]))
         )
         return NodePlan(
             node=self.node,

@@ -1,10 +1,14 @@
 """An index of pods: labels per namespace, and the owner of every pod address.
 
-Peer sets hold addresses, so what matters is which pod an address belongs to. The reference
-semantics resolves an address to the pod-network pod holding it, a live pod winning over a
-finished one (its address may already be reused) and the smaller ``namespace/name`` breaking
-ties; :class:`PodIndex` keeps that *owner* per address, so the sets of :mod:`compiler.peersets`,
-defined by owners, and :mod:`compiler.semantics` agree even on odd clusters.
+Peer sets hold addresses, so what matters is which pod an address belongs to. Pods are keyed by
+UID (a StatefulSet pod re-created under the same name is another pod). Only live pods own
+addresses: a finished pod (Succeeded, Failed) owns none, since the IPAM may already have handed
+its address to a new pod. Among live pods listing one address, the one not being deleted
+(no ``deletionTimestamp``) wins, then the newest ``creationTimestamp`` (a pod without one ranks
+below any that has one); when the best two still tie, *nobody* owns the address (fail closed:
+it is in no peer set and dispatches nowhere), rather than an arbitrary order such as names
+deciding whose identity the packets carry. The reference semantics (:mod:`compiler.semantics`)
+states the same rule independently, and the plan is tested against it.
 
 Selecting pods never scans every pod: each namespace keeps an inverted index from label
 (key, value) and from key to pod names, and a selector is the intersection of its requirements'
@@ -15,13 +19,12 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from datetime import datetime
 from functools import lru_cache
 
 from compiler.ir import Family
 from compiler.model import LabelSelector, Pod
 from compiler.selectors import requirements
-
-FINISHED_PHASES = ("Succeeded", "Failed")
 
 
 def namespace_of(obj: Pod) -> str:
@@ -72,8 +75,9 @@ def family_of(address: str) -> Family:
 
 
 def pod_addresses(pod: Pod) -> tuple[str, ...]:
-    """Normalized addresses of a pod-network pod (host-network pods use the node's: none here)."""
-    if pod.spec.host_network:
+    """Normalized addresses a pod may own: none for a host-network pod (it uses its node's) or a
+    finished one (its address may already be another pod's)."""
+    if pod.spec.host_network or pod.finished:
         return ()
     found = (normalize(ip) for ip in pod.ips())
     return tuple(dict.fromkeys(a for a in found if a is not None))
@@ -88,8 +92,18 @@ class _NsIndex:
         self.by_label: dict[tuple[str, str], set[str]] = {}
 
 
+_NEVER = datetime.min  # rank of a pod without creationTimestamp (offline manifests)
+
+
+def claim_rank(pod: Pod) -> tuple[bool, datetime]:
+    """How strongly a live pod claims its addresses: not being deleted, then newer, is stronger."""
+    meta = pod.metadata
+    created = meta.creation_timestamp.replace(tzinfo=None) if meta.creation_timestamp else _NEVER
+    return meta.deletion_timestamp is None, created
+
+
 class PodIndex:
-    """Pods by key, by namespace and label, and the owner of every pod address."""
+    """Pods by UID, by namespace and label, and the owner (a UID) of every pod address."""
 
     def __init__(self, pods: Iterable[Pod] = ()) -> None:
         self.pods: dict[str, Pod] = {}
@@ -106,6 +120,7 @@ class PodIndex:
         return tuple(self._ns)
 
     def addresses(self, key: str) -> tuple[str, ...]:
+        """The addresses pod ``key`` (a UID) claims, owned or not."""
         return self._addrs.get(key, ())
 
     def owned(self, key: str) -> tuple[str, ...]:
@@ -113,10 +128,10 @@ class PodIndex:
         return tuple(sorted((a for a in self.addresses(key) if self.owner.get(a) == key), key=addr_key))
 
     def add(self, pod: Pod) -> None:
-        if pod.key in self.pods:
-            self.remove(pod.key)
+        if pod.uid in self.pods:
+            self.remove(pod.uid)
         self._insert(pod)
-        for address in self.addresses(pod.key):
+        for address in self.addresses(pod.uid):
             self._elect(address)
 
     def remove(self, key: str) -> None:
@@ -139,7 +154,7 @@ class PodIndex:
             self._elect(address)
 
     def select(self, namespace: str, selector: LabelSelector) -> set[str]:
-        """Keys of the pod-network pods of ``namespace`` that ``selector`` selects."""
+        """UIDs of the pod-network pods of ``namespace`` that ``selector`` selects."""
         ns = self._ns.get(namespace)
         if ns is None:
             return set()
@@ -159,7 +174,7 @@ class PodIndex:
         return set(ns.all) if found is None else found
 
     def _insert(self, pod: Pod) -> None:
-        key = pod.key
+        key = pod.uid
         self.pods[key] = pod
         if pod.spec.host_network:
             return  # not policed, selected by nothing, owns no address (it uses its node's)
@@ -179,7 +194,14 @@ class PodIndex:
         if not holders:
             self.owner.pop(address, None)
             return
-        self.owner[address] = min(holders, key=lambda k: (self.pods[k].status.phase in FINISHED_PHASES, k))
+        if len(holders) == 1:
+            (self.owner[address],) = holders
+            return
+        ranked = sorted(((claim_rank(self.pods[k]), k) for k in holders), reverse=True)
+        if ranked[0][0] == ranked[1][0]:
+            self.owner.pop(address, None)  # two equal claims: nobody's (fail closed)
+        else:
+            self.owner[address] = ranked[0][1]
 
 
 def _cheapest_first(req: tuple[str, str, tuple[str, ...]]) -> int:

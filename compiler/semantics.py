@@ -23,6 +23,10 @@ Where upstream leaves a choice to the implementation, Stockade takes the common 
   always allowed (kubelet probes); upstream: a pod cannot block access from its resident node.
   Egress from a pod to its node is policed like egress to any other address.
 - A pod's traffic to itself never leaves it and is always allowed.
+- An address belongs to at most one pod: only live pods hold addresses (a Succeeded or Failed
+  pod holds none; its address may be another pod's already); between live pods listing the same
+  address, the one without a ``deletionTimestamp``, then the newest ``creationTimestamp``; when
+  those tie, the address is nobody's (no pod identity rather than an arbitrary one).
 """
 
 from __future__ import annotations
@@ -257,10 +261,23 @@ def _near_pods(model: ClusterModel, *, namespace: str, name: str) -> list[str]:
 
 
 def _pod_with_address(model: ClusterModel, address: Address) -> Pod | None:
-    """The pod-network pod that holds ``address``; a live pod wins over a finished one."""
-    holders = [p for p in model.pods_with_address(address) if not p.spec.host_network]
-    holders.sort(key=lambda p: (p.status.phase in _FINISHED_PHASES, p.key))
-    return holders[0] if holders else None
+    """The pod that owns ``address``: among the live pod-network pods listing it, the one not
+    being deleted, then the newest; None when none does or the best two claims are equal."""
+    holders = [
+        p
+        for p in model.pods_with_address(address)
+        if not p.spec.host_network and p.status.phase not in _FINISHED_PHASES
+    ]
+    if len(holders) < 2:
+        return holders[0] if holders else None
+
+    def claim(pod: Pod) -> tuple[bool, float]:
+        meta = pod.metadata
+        created = meta.creation_timestamp.timestamp() if meta.creation_timestamp else float("-inf")
+        return meta.deletion_timestamp is None, created
+
+    first, second = sorted(holders, key=claim, reverse=True)[:2]
+    return None if claim(first) == claim(second) else first
 
 
 # --- connectivity -------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ checked against :mod:`compiler.semantics` on many random models without a kernel
 cannot see (conntrack, fib, interface types) is answered as for a new, unspoofed packet from a
 pod: `ct state` never matches, nor does `iiftype loopback`, nor the anti-spoofing drop. The
 kernel tests check those parts, and that nftables reads the rendered plan the same way.
+
+Which pod a packet's address belongs to is decided here by :class:`AddressOwners`, written from
+the data-plane rules (DESIGN.md) and not from the compiler's own index: an oracle sharing that
+code would agree with the compiler on exactly the defects it must catch.
 """
 
 from __future__ import annotations
@@ -34,8 +38,7 @@ from compiler.ir import (
     Verdict,
     VmapLookup,
 )
-from compiler.model import Protocol
-from compiler.podindex import PodIndex, normalize
+from compiler.model import Pod, Protocol
 
 Outcome = Literal["accept", "drop", "return"]
 
@@ -137,19 +140,63 @@ def hook_allows(plan: CompiledPlan, hook: Literal["input", "forward"], pkt: Pack
     return run_chain(plan, chain, pkt) != "drop"  # a base chain's end is its policy: accept
 
 
+def _canonical(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+class AddressOwners:
+    """The owner (a pod UID) of every pod address, by the rules the compiler must follow.
+
+    - Addresses come from the pod's status; a pod whose status lists none takes those the CNI
+      plugin reported for its UID (``model.cni_addresses``).
+    - Host-network pods and finished pods (Succeeded, Failed) own nothing.
+    - Several live claimants: not being deleted beats being deleted, then the later
+      creationTimestamp wins (a missing one loses to any); equal best claims: nobody owns it.
+    """
+
+    def __init__(self, model: ClusterModel) -> None:
+        self.pods: dict[str, Pod] = {}
+        claims: dict[str, list[tuple[tuple[int, float], str]]] = {}
+        for pod in model.api_pods:
+            self.pods[pod.uid] = pod
+            if pod.spec.host_network or pod.status.phase in ("Succeeded", "Failed"):
+                continue
+            listed = [p.ip for p in pod.status.pod_ips] + [pod.status.pod_ip or ""]
+            texts = [t for t in listed if t] or list(model.cni_addresses.get(pod.uid, ()))
+            meta = pod.metadata
+            rank = (
+                0 if meta.deletion_timestamp is not None else 1,
+                meta.creation_timestamp.timestamp() if meta.creation_timestamp is not None else -1e18,
+            )
+            for address in {a for a in map(_canonical, texts) if a is not None}:
+                claims.setdefault(address, []).append((rank, pod.uid))
+        self.owner: dict[str, str] = {}
+        for address, found in claims.items():
+            found.sort(reverse=True)
+            if len(found) == 1 or found[0][0] != found[1][0]:
+                self.owner[address] = found[0][1]
+
+    def pod_of(self, address: str) -> Pod | None:
+        uid = self.owner.get(_canonical(address) or "")
+        return None if uid is None else self.pods[uid]
+
+
 class ClusterEval:
     """Packets through a whole cluster: every node's plan, in the Stockade data-plane model."""
 
     def __init__(self, model: ClusterModel, plans: dict[str, NodePlan]) -> None:
         self.model = model
         self.plans = {name: CompiledPlan(plan) for name, plan in plans.items()}
-        self.index = PodIndex(model.pods)
+        self.index = AddressOwners(model)
 
     def node_of(self, address: str) -> str | None:
         """Where a packet from ``address`` starts: its owning pod's node, or the node that has it."""
-        owner = self.index.owner.get(normalize(address) or "")
+        owner = self.index.pod_of(address)
         if owner is not None:
-            return self.index.pods[owner].spec.node_name
+            return owner.spec.node_name
         for pod in self.model.pods:
             if pod.spec.host_network and address in pod.ips():
                 return pod.spec.node_name
@@ -159,7 +206,7 @@ class ClusterEval:
         return None
 
     def pod_network(self, address: str) -> bool:
-        return normalize(address) in self.index.owner
+        return self.index.pod_of(address) is not None
 
     def allows(self, pkt: Packet) -> bool:
         """Pod-network sources cross their node's ``forward`` (``input`` when sent to that node's

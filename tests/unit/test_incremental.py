@@ -18,8 +18,11 @@ from hypothesis import strategies as st
 from compiler.cluster import ClusterModel
 from compiler.incremental import NodeCompiler, PlanDelta, render_delta_json
 from compiler.ir import Chain, NodePlan
+from compiler.model import Pod
 from compiler.plan import build_plan
+from compiler.semantics import Peer, evaluate
 from tests.unit import clustergen
+from tests.unit.planeval import ClusterEval, Packet
 from tests.unit.test_plan import ALLOW_CLIENT, CLIENT, NODE, REMOTE, WEB, model, pod, policy
 
 State = dict[str, dict[str, Any]]
@@ -184,7 +187,7 @@ def test_no_op_events() -> None:
     assert compiler.update_pod(None, None).empty
     assert compiler.update_pod(WEB, WEB).empty
     assert compiler.update_pod(None, WEB).empty  # a repeated add converges
-    with pytest.raises(ValueError, match="different pods"):
+    with pytest.raises(ValueError, match="changed UID"):
         compiler.update_pod(WEB, CLIENT)
 
 
@@ -239,4 +242,121 @@ def test_set_created_after_a_new_namespace_appeared_includes_it() -> None:
     (v4,) = [s for s in delta.add_sets if s.name.endswith("-v4")]
     assert v4.elements == ("10.244.1.3", "10.244.2.7")
     final = dataclasses.replace(m, pods=(CLIENT, stranger, WEB))
+    assert compiler.plan == build_plan(final, node=NODE)
+
+
+# --- identity by UID ---------------------------------------------------------------------------------
+
+
+def _incarnation(p: Pod, uid: str, ip: str) -> Pod:
+    """``p`` re-created under the same namespace/name: another UID, another address."""
+    data = p.model_dump(by_alias=True, exclude_none=True)
+    data["metadata"]["uid"] = uid
+    data["status"] = {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}
+    return Pod.model_validate(data)
+
+
+def test_late_delete_of_a_previous_incarnation_keeps_the_new_pod() -> None:
+    first = _incarnation(WEB, "uid-web-0", "10.244.1.2")
+    second = _incarnation(WEB, "uid-web-1", "10.244.1.9")
+    compiler = NodeCompiler(model(first, CLIENT, policies=(policy("allow", ALLOW_CLIENT),)), node=NODE)
+    compiler.update_pod(None, second)  # the new incarnation's ADD arrives first
+    delta = compiler.update_pod(first, None)  # then the old one's DELETE
+    expected = build_plan(model(second, CLIENT, policies=(policy("allow", ALLOW_CLIENT),)), node=NODE)
+    assert compiler.plan == expected
+    assert [(p.key, p.addresses) for p in compiler.plan.local_pods] == [
+        ("x/client", ("10.244.1.3", "fd00:1::3")),
+        ("x/web", ("10.244.1.9",)),
+    ]
+    dispatch = {m.name: {e.address for e in m.entries} for m in compiler.plan.maps}
+    assert (
+        "10.244.1.9" in dispatch["dispatch-ingress-v4"]
+        and "10.244.1.2" not in dispatch["dispatch-ingress-v4"]
+    )
+    assert {e.address for m in delta.delete_map_entries for e in m.entries} == {"10.244.1.2"}
+    assert compiler.update_pod(first, None).empty  # repeated: nothing of the new pod goes
+
+
+# --- addresses reported by the CNI plugin ------------------------------------------------------------
+
+
+def _pending(
+    name: str, labels: dict[str, str], *, uid: str, phase: str = "Pending", ip: str | None = None
+) -> Pod:
+    status: dict[str, Any] = {"phase": phase}
+    if ip:
+        status |= {"podIP": ip, "podIPs": [{"ip": ip}]}
+    return Pod.model_validate(
+        {
+            "metadata": {"name": name, "namespace": "x", "uid": uid, "labels": labels},
+            "spec": {"nodeName": NODE},
+            "status": status,
+        }
+    )
+
+
+def _holders(plan: NodePlan) -> dict[str, tuple[str, ...]]:
+    return {p.key: p.addresses for p in plan.local_pods}
+
+
+@pytest.mark.parametrize(
+    ("reported", "want"),
+    [
+        pytest.param({"uid-new": ("10.244.1.7",)}, {"x/new": ("10.244.1.7",)}, id="cni-before-status"),
+        pytest.param(
+            {"uid-new": ("10.244.1.7", "fd00:1::7")}, {"x/new": ("10.244.1.7", "fd00:1::7")}, id="dual"
+        ),
+        pytest.param({"uid-gone": ("10.244.1.7",)}, {}, id="unknown-uid-owns-nothing"),
+        pytest.param({}, {}, id="no-report"),
+    ],
+)
+def test_cni_addresses_before_the_status(reported: dict[str, tuple[str, ...]], want: dict[str, Any]) -> None:
+    new = _pending("new", {"app": "client"}, uid="uid-new")
+    m = dataclasses.replace(
+        model(WEB, new, policies=(policy("allow", ALLOW_CLIENT),)), cni_addresses=reported
+    )
+    plan = build_plan(m, node=NODE)
+    assert {k: v for k, v in _holders(plan).items() if k != "x/web"} == want
+    peers = {a for s in plan.sets if s.name.startswith("pods-") for a in s.elements}
+    assert peers == {a for addrs in want.values() for a in addrs}  # a client: in the allowed peers
+    for address in ("10.244.1.7",):
+        verdict = evaluate(m, src=Peer(ip=address), dst=Peer("x", "web"), protocol="TCP", port=8080)
+        assert verdict.allowed == bool(want)
+        assert ClusterEval(m, {NODE: plan}).allows(Packet(address, "10.244.1.2", "TCP", 8080)) == bool(want)
+
+
+@pytest.mark.parametrize(
+    ("pod_", "want"),
+    [
+        pytest.param(
+            _pending("new", {}, uid="uid-new", phase="Running", ip="10.244.1.8"),
+            ("10.244.1.8",),
+            id="status-wins",
+        ),
+        pytest.param(_pending("new", {}, uid="uid-new", phase="Succeeded"), None, id="finished-owns-nothing"),
+        pytest.param(_pending("new", {}, uid="uid-new", phase="Failed"), None, id="failed-owns-nothing"),
+    ],
+)
+def test_cni_report_rules(pod_: Pod, want: tuple[str, ...] | None) -> None:
+    m = ClusterModel(pods=(pod_,), nodes=model().nodes, cni_addresses={"uid-new": ("10.244.1.7",)})
+    assert _holders(build_plan(m, node=NODE)).get("x/new") == want
+
+
+def test_incremental_path_follows_cni_reports() -> None:
+    new = _pending("new", {"app": "client"}, uid="uid-new")
+    base = model(WEB, policies=(policy("allow", ALLOW_CLIENT),))
+    compiler = NodeCompiler(base, node=NODE)
+    assert compiler.update_cni("uid-new", ("10.244.1.7",)).empty  # the API has not shown the pod yet
+    delta = compiler.update_pod(None, new)
+    reported = dataclasses.replace(base, pods=(WEB, new), cni_addresses={"uid-new": ("10.244.1.7",)})
+    assert compiler.plan == build_plan(reported, node=NODE)
+    assert {e for s in delta.add_elements for e in s.elements} >= {"10.244.1.7"}
+    running = _pending("new", {"app": "client"}, uid="uid-new", phase="Running", ip="10.244.1.8")
+    compiler.update_pod(new, running)  # the status arrives, with another address: it wins
+    assert _holders(compiler.plan)["x/new"] == ("10.244.1.8",)
+    assert compiler.update_cni("uid-new", ("10.244.1.9",)).empty  # status present: the report is moot
+    done = _pending("new", {"app": "client"}, uid="uid-new", phase="Succeeded")
+    compiler.update_pod(running, done)  # finished, status cleared: the CNI report must not revive it
+    assert "x/new" not in _holders(compiler.plan)
+    final = dataclasses.replace(base, pods=(WEB, done), cni_addresses={"uid-new": ("10.244.1.9",)})
     assert compiler.plan == build_plan(final, node=NODE)

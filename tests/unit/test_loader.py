@@ -536,3 +536,57 @@ def test_the_upstream_e2e_policies_all_load() -> None:
     result = load_manifests([("upstream.yaml", text)])
     assert len(result.model.policies) == len(policies) > 50
     assert result.notes == ()
+
+
+# --- identity and timestamps -------------------------------------------------------------------------
+
+PODS_WITH_AND_WITHOUT_UID = """
+apiVersion: v1
+kind: Pod
+metadata: {name: a, namespace: x, uid: 0f9a3c52-1111-4c7e-8d1e-000000000001}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: b, namespace: x}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: x}
+spec: {template: {metadata: {labels: {app: web}}, spec: {containers: [{name: c}]}}}
+"""
+
+
+def test_pods_without_uid_get_a_stable_synthetic_one() -> None:
+    first, again = load(PODS_WITH_AND_WITHOUT_UID).model, load(PODS_WITH_AND_WITHOUT_UID).model
+    uids = {p.key: p.metadata.uid for p in first.pods}
+    assert uids["x/a"] == "0f9a3c52-1111-4c7e-8d1e-000000000001"  # a real one is kept
+    assert uids == {p.key: p.metadata.uid for p in again.pods}  # the same files, the same identities
+    assert len(set(uids.values())) == 3 and all(uids.values())
+    renamed = load(PODS_WITH_AND_WITHOUT_UID.replace("name: b,", "name: c,")).model
+    assert {p.key: p.metadata.uid for p in renamed.pods}["x/c"] != uids["x/b"]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        pytest.param("'2026-01-01'", "must be an RFC 3339 time", id="date-only"),
+        pytest.param("'2026-01-01 10:00:00'", "must be an RFC 3339 time", id="space-no-zone"),
+        pytest.param("2026-01-01T10:00:00", "time zone", id="yaml-timestamp-no-zone"),
+        pytest.param("1767261600", "must be an RFC 3339 time string", id="unix-seconds"),
+    ],
+)
+def test_bad_timestamps_are_refused(value: str, message: str) -> None:
+    for field in ("creationTimestamp", "deletionTimestamp"):
+        (found,) = problems(
+            f"apiVersion: v1\nkind: Pod\nmetadata: {{name: a, namespace: x, {field}: {value}}}\n"
+        )
+        assert found.obj == "Pod x/a" and found.field == f"metadata.{field}" and message in found.message
+
+
+def test_good_timestamps_are_read_as_utc() -> None:
+    text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: x, creationTimestamp: %s}\n"
+    stamps = [
+        load(text % v).model.pods[0].metadata.creation_timestamp
+        for v in ("2026-01-01T10:00:00Z", "'2026-01-01T12:00:00+02:00'")
+    ]
+    assert stamps[0] == stamps[1] and stamps[0] is not None and stamps[0].utcoffset() is not None

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from typing import Any
 
 import pytest
 
-from compiler.model import LabelSelector
+from compiler.model import LabelSelector, Pod
 from compiler.podindex import PodIndex, addr_key, normalize
 from compiler.selectors import matches
 from tests.unit import clustergen
@@ -56,7 +57,7 @@ def test_index_selects_what_matches_selects(seed: int) -> None:
         selector = LabelSelector.model_validate(clustergen.selector(rng, clustergen.LABELS))
         for ns in clustergen.NAMESPACES:
             expected = {
-                p.key
+                p.uid
                 for p in m.pods
                 if (p.metadata.namespace or "default") == ns
                 and not p.spec.host_network
@@ -65,21 +66,67 @@ def test_index_selects_what_matches_selects(seed: int) -> None:
             assert index.select(ns, selector) == expected
 
 
+def _claimant(
+    name: str, phase: str = "Running", *, created: str | None = None, deleting: bool = False
+) -> Pod:
+    meta: dict[str, Any] = {"name": name, "namespace": "x"}
+    if created:
+        meta["creationTimestamp"] = created
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:10:00Z"
+    return Pod.model_validate(
+        {"metadata": meta, "status": {"phase": phase, "podIPs": [{"ip": "10.244.1.9"}]}}
+    )
+
+
+T1, T2 = "2026-01-01T00:00:00Z", "2026-01-01T00:05:00Z"
+
+
 @pytest.mark.parametrize(
     ("holders", "owner"),
     [
-        pytest.param([("x", "b", "Running"), ("x", "a", "Running")], "x/a", id="smaller-key-wins"),
-        pytest.param([("x", "a", "Succeeded"), ("y", "z", "Running")], "y/z", id="live-beats-finished"),
-        pytest.param([("x", "a", "Failed"), ("x", "b", "Succeeded")], "x/a", id="all-finished"),
+        pytest.param([_claimant("a")], "a", id="sole-live-pod"),
+        pytest.param([_claimant("a", "Succeeded")], None, id="finished-alone-owns-nothing"),
+        pytest.param([_claimant("a", "Failed"), _claimant("b", "Succeeded")], None, id="all-finished"),
+        pytest.param(
+            [_claimant("z"), _claimant("a", "Succeeded", created=T2)], "z", id="live-beats-finished"
+        ),
+        pytest.param([_claimant("a", created=T1), _claimant("b", created=T2)], "b", id="newest-wins"),
+        pytest.param([_claimant("b", created=T1), _claimant("a", created=T2)], "a", id="newest-not-name"),
+        pytest.param([_claimant("a", created=T1), _claimant("b")], "a", id="timestamp-beats-none"),
+        pytest.param(
+            [_claimant("a", created=T1), _claimant("b", created=T2, deleting=True)],
+            "a",
+            id="not-deleting-wins",
+        ),
+        pytest.param([_claimant("a"), _claimant("b")], None, id="tie-is-nobodys"),
+        pytest.param([_claimant("a", created=T1), _claimant("b", created=T1)], None, id="same-second-tie"),
     ],
 )
-def test_address_owner(holders: list[tuple[str, str, str]], owner: str) -> None:
-    pods = [pod(name, "10.244.1.9", ns=ns, phase=phase) for ns, name, phase in holders]
-    index = PodIndex(pods)
-    assert index.owner == {"10.244.1.9": owner}
-    index.remove(owner)
-    remaining = sorted(k for k in (f"{ns}/{n}" for ns, n, _ in holders) if k != owner)
-    assert index.owner == {"10.244.1.9": remaining[0]}
+def test_address_owner(holders: list[Pod], owner: str | None) -> None:
+    index = PodIndex(holders)
+    names = {p.uid: p.metadata.name for p in holders}
+    assert {a: names[u] for a, u in index.owner.items()} == ({"10.244.1.9": owner} if owner else {})
+    # Removing the winner hands the address on by the same rule; adding it back restores it.
+    for winner in holders:
+        if winner.metadata.name == owner:
+            index.remove(winner.uid)
+            assert index.owner == PodIndex([p for p in holders if p is not winner]).owner
+            index.add(winner)
+            assert index.owner == PodIndex(holders).owner
+
+
+def test_index_keys_pods_by_uid() -> None:
+    old = pod("db-0", "10.244.1.5", labels={"app": "db"})
+    meta = {**old.metadata.model_dump(), "uid": "new-incarnation"}
+    new = old.model_copy(update={"metadata": old.metadata.model_validate(meta)})
+    new = new.model_copy(update={"status": new.status.model_copy(update={"pod_ips": ()})})
+    index = PodIndex([old, new])
+    assert set(index.pods) == {old.uid, "new-incarnation"}
+    index.remove(old.uid)  # the late DELETE of the previous incarnation
+    assert set(index.pods) == {"new-incarnation"} and index.select("x", LabelSelector()) == {
+        "new-incarnation"
+    }
 
 
 def test_host_network_pods_own_nothing_and_are_not_selected() -> None:

@@ -654,10 +654,11 @@ def test_explain_exemptions(policies: list[NetworkPolicy], probe: str, phrase: s
     assert phrase in text
 
 
-def test_address_of_finished_pod_only_still_resolves() -> None:
-    model = ClusterModel(pods=(_pod("w/old", {"app": "client"}, ips=("10.9.9.9",), phase="Failed"),))
+@pytest.mark.parametrize("phase", ["Failed", "Succeeded"])
+def test_address_of_a_finished_pod_is_nobodys(phase: str) -> None:
+    model = ClusterModel(pods=(_pod("w/old", {"app": "client"}, ips=("10.9.9.9",), phase=phase),))
     verdict = evaluate(model, src=Peer(ip="10.9.9.9"), dst=Peer(ip="10.9.9.8"), protocol="TCP", port=1)
-    assert verdict.src == "w/old (10.9.9.9)" and verdict.dst == "10.9.9.8"
+    assert verdict.src == "10.9.9.9" and verdict.egress.exempt.startswith("not a pod")
 
 
 # --- bad peers -------------------------------------------------------------------------------------
