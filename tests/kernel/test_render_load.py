@@ -503,3 +503,71 @@ def test_pod_churn_through_a_delta(lab: Lab) -> None:
     assert lab.probe("a", [(d4, 80), (d4, 81)]) == [True, False]  # now isolated like b
     final = dataclasses.replace(model, pods=(*model.pods, _pod("d", {"app": "b"})))
     assert compiler.plan == build_plan(final, node=NODE)
+
+
+def _claimant(name: str, addresses: str, labels: dict[str, str], **meta: Any) -> Pod:
+    """A pod of x listing the addresses of lab pod ``addresses`` (or none: ""), with ``meta``."""
+    status: dict[str, Any] = {"phase": meta.pop("phase", "Running")}
+    if addresses:
+        v4, v6 = PODS[addresses]
+        status |= {"podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}]}
+    return Pod.model_validate(
+        {
+            "metadata": {"name": name, "namespace": "x", "labels": labels, **meta},
+            "spec": {"nodeName": NODE},
+            "status": status,
+        }
+    )
+
+
+OLD_T, NEW_T = "2026-03-01T10:00:00Z", "2026-03-01T10:00:07Z"
+D_UID = "00000000-0000-4000-8000-00000000000d"
+
+
+@pytest.mark.parametrize(
+    ("claimants", "cni", "d_reachable"),
+    [
+        pytest.param(
+            # The old pod finished; the new one ("d", on d's veth) has no status address yet.
+            [
+                _claimant("a-old", "d", {"app": "a"}, phase="Succeeded"),
+                _claimant("d", "", {"app": "d"}, uid=D_UID),
+            ],
+            {},
+            False,  # nobody owns the address yet: fail closed, not a's identity
+            id="finished-before-new-status",
+        ),
+        pytest.param(
+            [
+                _claimant("a-old", "d", {"app": "a"}, phase="Failed"),
+                _claimant("d", "", {"app": "d"}, uid=D_UID),
+            ],
+            {D_UID: PODS["d"]},
+            True,  # the CNI plugin says whose sandbox holds it: d's, before the API does
+            id="finished-and-cni-report",
+        ),
+        pytest.param(
+            [
+                _claimant("a-old", "d", {"app": "a"}, creationTimestamp=OLD_T, deletionTimestamp=NEW_T),
+                _claimant("d", "d", {"app": "d"}, creationTimestamp=NEW_T, uid=D_UID),
+            ],
+            {},
+            True,  # two live claims: the pod being deleted loses (its name sorts first)
+            id="terminating-old-and-new",
+        ),
+    ],
+)
+@pytest.mark.parametrize("family", [4, 6])
+def test_reused_address_does_not_carry_a_finished_pods_identity(
+    lab: Lab, family: int, claimants: list[Pod], cni: dict[str, tuple[str, str]], d_reachable: bool
+) -> None:
+    """b admits pods app=a. The address now on d's veth was a's-like pod "a-old"'s; packets from d
+    must not pass b's policy as that pod (before: they did, until d's own status arrived)."""
+    base = lab_model()
+    model = dataclasses.replace(base, pods=(*base.pods, *claimants), cni_addresses=cni)
+    load_json(lab.node, render_json(build_plan(model, node=NODE)))
+    nsexec(lab.node, "conntrack", "-F", check=False)
+    b, d = _addr("b", family), _addr("d", family)
+    assert lab.probe("d", [(b, 80)]) == [False]  # not a's identity
+    assert lab.probe("a", [(b, 80)]) == [True]  # the real a still passes the same rule
+    assert lab.probe("a", [(d, 80)]) == [d_reachable]  # d: reachable only once it owns its address
