@@ -32,14 +32,13 @@ from compiler.ir import (
     BaseHook,
     Chain,
     CtStateIn,
-    Direction,
-    Family,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
     IifLoopback,
     Rule,
     VmapLookup,
 )
+from compiler.model import Direction, Family
 
 PRIORITY_RAW = -300
 PRIORITY_FILTER = 0

@@ -32,7 +32,6 @@ from compiler.ir import (
     AddrInSet,
     Chain,
     DaddrProtoPortInSet,
-    Direction,
     DportIn,
     L4protoIn,
     Match,
@@ -40,7 +39,7 @@ from compiler.ir import (
     Rule,
     jump,
 )
-from compiler.model import PROTOCOLS, IPBlock, NetworkPolicy, NetworkPolicyPort, Protocol
+from compiler.model import PROTOCOLS, Direction, IPBlock, NetworkPolicy, NetworkPolicyPort, Protocol
 from compiler.peersets import (
     AnyPeer,
     BlockPeer,

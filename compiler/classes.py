@@ -24,7 +24,6 @@ from compiler.cluster import ClusterModel
 from compiler.matching import (
     Address,
     Endpoint,
-    Family,
     address_of,
     applies,
     endpoint_of,
@@ -37,6 +36,7 @@ from compiler.matching import (
     selects,
 )
 from compiler.model import (
+    Family,
     IPBlock,
     LabelSelector,
     NetworkPolicy,

@@ -11,12 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from compiler.model import Protocol
+from compiler.model import Direction, Family, Protocol
 from compiler.naming import FAMILY, TABLE
 
-Family = Literal[4, 6]
 FAMILIES: tuple[Family, ...] = (4, 6)
-Direction = Literal["ingress", "egress"]
 DIRECTIONS: tuple[Direction, ...] = ("ingress", "egress")
 AddrField = Literal["saddr", "daddr"]
 Hook = Literal["prerouting", "input", "forward"]

@@ -12,14 +12,20 @@ import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
 
 from compiler.cluster import ClusterModel
-from compiler.model import IPBlock, NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort, Pod, Protocol
+from compiler.model import (
+    Direction,
+    Family,
+    IPBlock,
+    NetworkPolicy,
+    NetworkPolicyPeer,
+    NetworkPolicyPort,
+    Pod,
+    Protocol,
+)
 from compiler.selectors import matches
 
-Direction = Literal["ingress", "egress"]
-Family = Literal[4, 6]
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -21,6 +21,9 @@ from pydantic.alias_generators import to_camel
 
 Protocol = Literal["TCP", "UDP", "SCTP"]
 PROTOCOLS: tuple[Protocol, ...] = ("TCP", "UDP", "SCTP")
+# The one definition of these two, shared by the semantics, the plan and the names of its objects.
+Family = Literal[4, 6]  # IPv4 or IPv6
+Direction = Literal["ingress", "egress"]  # a policyType, as the plan and the semantics spell it
 
 # The API server sets this label on every namespace, equal to its name (immutable).
 NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"

@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
+from compiler.model import Direction, Family
+
 TABLE = "stockade"
 FAMILY = "inet"
 
@@ -31,9 +33,7 @@ COMMENT_MAX_BYTES = 128
 NOTE_MAX_CHARS = 200
 _ELLIPSIS = "..."
 
-Direction = Literal["ingress", "egress"]
 Tier = Literal["admin", "baseline"]
-Family = Literal[4, 6]
 
 # Base chains, named after their hooks.
 CHAIN_PREROUTING = "prerouting"

@@ -27,8 +27,6 @@ from compiler.ir import (
     AddrPortSet,
     AddrSet,
     Chain,
-    Direction,
-    Family,
     IntervalSet,
     LocalPod,
     MapEntry,
@@ -38,7 +36,7 @@ from compiler.ir import (
     VerdictMap,
     jump,
 )
-from compiler.model import NetworkPolicy, Pod, Protocol
+from compiler.model import Direction, Family, NetworkPolicy, Pod, Protocol
 from compiler.peersets import (
     CidrSetSpec,
     Element,

@@ -13,8 +13,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from compiler import naming
-from compiler.ir import Family, Interval
-from compiler.model import NAMESPACE_NAME_LABEL, IPBlock, LabelSelector, NetworkPolicyPeer, Pod, Protocol
+from compiler.ir import Interval
+from compiler.model import (
+    NAMESPACE_NAME_LABEL,
+    Family,
+    IPBlock,
+    LabelSelector,
+    NetworkPolicyPeer,
+    Pod,
+    Protocol,
+)
 from compiler.podindex import PodIndex, addr_key, family_of, namespace_of
 from compiler.selectors import canonical, describe, matches
 

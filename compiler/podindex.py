@@ -22,8 +22,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from functools import lru_cache
 
-from compiler.ir import Family
-from compiler.model import LabelSelector, Pod
+from compiler.model import Family, LabelSelector, Pod
 from compiler.selectors import requirements
 
 

@@ -40,9 +40,7 @@ from compiler.cluster import ClusterModel
 from compiler.errors import PeerError, UnknownPeerError
 from compiler.matching import (
     Address,
-    Direction,
     Endpoint,
-    Family,
     applies,
     endpoint_of,
     from_own_node,
@@ -54,7 +52,7 @@ from compiler.matching import (
     rules_of,
     selects,
 )
-from compiler.model import NetworkPolicyPort, Pod, Protocol
+from compiler.model import Direction, Family, NetworkPolicyPort, Pod, Protocol
 
 __all__ = [
     "Address",

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from compiler import naming
+from compiler.model import Direction
 
 # What nft's scanner accepts as an identifier (letters, digits, and / \ _ . - after a letter).
 NFT_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9/\\_.\-]*")
@@ -123,7 +124,7 @@ def test_comment_examples(text: str, expected: str) -> None:
     ],
 )
 def test_rule_comment_keeps_direction_and_index(
-    policy: str, direction: naming.Direction, index: int, expected: str | None
+    policy: str, direction: Direction, index: int, expected: str | None
 ) -> None:
     out = naming.rule_comment(policy, direction, index=index)
     assert len(out.encode()) <= naming.COMMENT_MAX_BYTES
