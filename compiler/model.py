@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import uuid
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -76,6 +77,7 @@ def parse_time(value: object) -> datetime | None:
 SYNTHETIC_UID_NAMESPACE = uuid.UUID("6d1e3f0a-5b0c-4d8e-9a57-53746f636b61")
 
 
+@lru_cache(maxsize=65536)  # asked for each pod of a large cluster on every compile
 def synthetic_uid(kind: str, namespace: str | None, name: str) -> str:
     return str(uuid.uuid5(SYNTHETIC_UID_NAMESPACE, f"{kind}/{namespace or ''}/{name}"))
 
