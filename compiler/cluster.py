@@ -1,7 +1,9 @@
 """The cluster model: every object the compiler reasons about, as one frozen value.
 
 The operator builds it from its watches, the CLI from manifests; the compiler never asks
-where it came from. Namespaces that pods or policies mention but that were never declared
+where it came from. So a policy with a problem the loader would refuse is made harmless here, for
+every consumer at once: its bad rules match nothing (see :mod:`compiler.defects`), and
+``policy_defects`` says which and why. Namespaces that pods or policies mention but that were never declared
 are implied (with only their name label), as they would exist in any cluster that holds them.
 
 Pod addresses have two sources. The API's ``status.podIPs`` is one; the other is the CNI plugin
@@ -24,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from compiler.defects import PolicyDefect, usable_policy
 from compiler.model import NAMESPACE_NAME_LABEL, Namespace, NetworkPolicy, Node, Pod, PodIP
 
 CniAddresses = Mapping[str, tuple[str, ...]]
@@ -53,6 +56,8 @@ class ClusterModel:
         default_factory=dict, init=False, repr=False, compare=False
     )
 
+    _defects: list[PolicyDefect] = field(default_factory=list, init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         # Frozen: the reports are copied, and pods replaced once by their effective selves.
         reports = MappingProxyType({uid: tuple(a) for uid, a in sorted(self.cni_addresses.items())})
@@ -61,6 +66,12 @@ class ClusterModel:
         if reports:
             effective = tuple(with_cni_addresses(p, reports.get(p.uid)) for p in self.pods)
             object.__setattr__(self, "pods", effective)
+        usable: list[NetworkPolicy] = []
+        for policy in self.policies:
+            checked, defects = usable_policy(policy)
+            usable.append(checked)
+            self._defects.extend(defects)
+        object.__setattr__(self, "policies", tuple(usable))
         labels = {ns.metadata.name: ns.effective_labels() for ns in self.namespaces}
         objects: tuple[Pod | NetworkPolicy, ...] = (*self.pods, *self.policies)
         for obj in objects:
@@ -85,6 +96,15 @@ class ClusterModel:
             self._by_address.update({a: tuple(ps) for a, ps in index.items()})
             self._by_address.setdefault(None, ())  # marks the index as built, even when empty
         return self._by_address.get(address, ())
+
+    @property
+    def policy_defects(self) -> tuple[PolicyDefect, ...]:
+        """Problems of the policies as given, and what was done about each (in policy order)."""
+        return tuple(self._defects)
+
+    def rule_defects(self, policy: str, direction: str, index: int) -> tuple[PolicyDefect, ...]:
+        """Why rule ``index`` of ``direction`` of ``policy`` (namespace/name) matches nothing, if it does."""
+        return tuple(d for d in self._defects if d.policy == policy and d.rule == (direction, index))
 
     def namespace_labels(self, name: str) -> dict[str, str]:
         """Effective labels of a namespace (implied ones carry only kubernetes.io/metadata.name)."""

@@ -71,6 +71,11 @@ def peer_miss(
     return f"{ref} covers {protocol}/{port}, but only {towards} {describe_peers(namespace, peers)}"
 
 
+def defective(ref: RuleRef, problems: Sequence[str]) -> str:
+    """A rule that matches nothing because the policy is malformed there."""
+    return f"{ref} matches nothing: it is malformed ({'; '.join(problems)})"
+
+
 # --- rules in words ------------------------------------------------------------------------------------
 
 

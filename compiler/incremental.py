@@ -23,13 +23,14 @@ from typing import Any
 from compiler.cluster import ClusterModel, with_cni_addresses
 from compiler.ir import Chain, MapEntry, NodePlan, PlanSet, Verdict, VerdictMap
 from compiler.model import Pod
-from compiler.naming import FAMILY, TABLE
 from compiler.nodestate import NodeState
 from compiler.peersets import CidrSetSpec, Element
 from compiler.podindex import addr_key, family_of, pod_addresses
 from compiler.render_json import (
     chain_json,
+    elements_cmd,
     map_entry_json,
+    ref_json,
     rule_json,
     set_elements,
     set_json,
@@ -215,10 +216,6 @@ class NodeCompiler(NodeState):
         )
 
 
-def _element_cmd(verb: str, s: PlanSet) -> dict[str, Any]:
-    return {verb: {"element": {"family": FAMILY, "table": TABLE, "name": s.name, "elem": set_elements(s)}}}
-
-
 def render_delta_json(delta: PlanDelta) -> dict[str, Any]:
     """The delta as one libnftables transaction, objects before their users and after them in
     deletion: new sets, new chains and their rules, element and map entry changes, then chains
@@ -227,16 +224,17 @@ def render_delta_json(delta: PlanDelta) -> dict[str, Any]:
     cmds += [{"add": set_json(s)} for s in delta.add_sets]
     cmds += [{"add": chain_json(c)} for c in delta.add_chains]
     cmds += [{"add": rule_json(c.name, r)} for c in delta.add_chains for r in c.rules]
-    cmds += [_element_cmd("delete", s) for s in delta.delete_elements]
-    cmds += [_element_cmd("add", s) for s in delta.add_elements]
-    for verb, maps in (("delete", delta.delete_map_entries), ("add", delta.add_map_entries)):
-        for m in maps:
-            elem = [map_entry_json(e) for e in m.entries]
-            if verb == "delete":
-                elem = [e[0] for e in elem]  # a map element is deleted by its key
-            cmds.append({verb: {"element": {"family": FAMILY, "table": TABLE, "name": m.name, "elem": elem}}})
+    cmds += [elements_cmd("delete", s.name, set_elements(s)) for s in delta.delete_elements]
+    cmds += [elements_cmd("add", s.name, set_elements(s)) for s in delta.add_elements]
+    # A map element is deleted by its key.
+    cmds += [
+        elements_cmd("delete", m.name, [map_entry_json(e)[0] for e in m.entries])
+        for m in delta.delete_map_entries
+    ]
+    cmds += [
+        elements_cmd("add", m.name, [map_entry_json(e) for e in m.entries]) for m in delta.add_map_entries
+    ]
     for name in delta.delete_chains:
-        ref = {"chain": {"family": FAMILY, "table": TABLE, "name": name}}
-        cmds += [{"flush": ref}, {"delete": ref}]
-    cmds += [{"delete": {"set": {"family": FAMILY, "table": TABLE, "name": n}}} for n in delta.delete_sets]
+        cmds += [{"flush": ref_json("chain", name)}, {"delete": ref_json("chain", name)}]
+    cmds += [{"delete": ref_json("set", n)} for n in delta.delete_sets]
     return {"nftables": cmds}

@@ -74,6 +74,7 @@ class NodeState:
         self._templates: dict[tuple[str, Direction], tuple[RuleTemplate, ...]] = {}
         self._chain_cache: dict[tuple[object, ...], ChainBuild] = {}
         self.notes, self._cidrs = _node_cidrs(model, node)
+        self.notes = (*(str(d) for d in model.policy_defects), *self.notes)  # rules that match nothing
         self.index = PodIndex(model.pods)
         self.selection = Selection(self.index, model.namespace_labels)
         self.local: dict[str, LocalEntry] = {}

@@ -167,6 +167,17 @@ def table_json() -> Json:
     return {"table": {"family": FAMILY, "name": TABLE}}
 
 
+def ref_json(kind: str, name: str) -> Json:
+    """An object by name alone (``chain``, ``set`` or ``map``): what flush and delete take."""
+    return {kind: {"family": FAMILY, "table": TABLE, "name": name}}
+
+
+def elements_cmd(verb: str, name: str, elem: list[Any]) -> Json:
+    """Add or delete elements of a set or map. A map element is deleted by its key alone: pass
+    ``map_entry_json(e)[0]``."""
+    return {verb: {"element": {"family": FAMILY, "table": TABLE, "name": name, "elem": elem}}}
+
+
 def render_json(plan: NodePlan) -> dict[str, Any]:
     """The plan as one libnftables transaction that replaces table ``inet stockade``."""
     commands: list[Json] = [

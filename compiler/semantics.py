@@ -185,6 +185,10 @@ def _side(
     for policy in policies:
         for index, (peers, ports) in enumerate(rules_of(policy, direction)):
             ref = RuleRef(policy.key, direction, index)
+            defects = model.rule_defects(policy.key, direction, index)
+            if defects:  # replaced by a rule that matches nothing (compiler.defects)
+                hints.append(explain.defective(ref, [f"{d.field}: {d.message}" for d in defects]))
+                continue
             peer_ok = peers_match(model, policy, peers=peers, other=other)
             port_ok = ports_match(ports, protocol=protocol, port=port, dst=dst)
             if peer_ok and port_ok:

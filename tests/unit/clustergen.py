@@ -267,3 +267,51 @@ def random_change(rng: random.Random, model: ClusterModel) -> tuple[Pod | None, 
     key = (new or old).key  # type: ignore[union-attr]
     rest = tuple(p for p in model.pods if p.key != key)
     return old, new, dataclasses.replace(model, pods=rest + ((new,) if new is not None else ()))
+
+
+PAIR_KINDS = ("unrelated", "pods", "policies", "namespaces", "node")
+
+
+def random_pair(seed: int, kind: str) -> tuple[ClusterModel, ClusterModel]:
+    """Two clusters a node may see one after the other: unrelated ones (everything changes), or
+    one after a few pod events, policy edits, namespace relabels, or its Node's podCIDRs changing."""
+    rng = random.Random(seed)
+    old = random_model(seed, pods=rng.randint(4, 16), policies=rng.randint(1, 6))
+    if kind == "unrelated":
+        return old, random_model(seed + 1, pods=rng.randint(4, 16), policies=rng.randint(1, 6))
+    new = old
+    if kind == "pods":
+        for _ in range(rng.randint(1, 6)):
+            _, _, new = random_change(rng, new)
+    elif kind == "policies":
+        policies = list(new.policies)
+        for _ in range(rng.randint(1, 3)):
+            if policies and rng.random() < 0.4:
+                policies.pop(rng.randrange(len(policies)))
+            else:
+                # A new policy, or an edit of an existing one (the same namespace/name).
+                fresh = make_policy(rng, rng.randrange(8), list(new.pods))
+                policies = [p for p in policies if p.key != fresh.key] + [fresh]
+        new = dataclasses.replace(new, policies=tuple(policies))
+    elif kind == "namespaces":
+        namespaces = tuple(
+            Namespace.model_validate(
+                {"metadata": {"name": ns.metadata.name, "labels": _labels(rng, NS_LABELS)}}
+            )
+            for ns in new.namespaces
+        )
+        new = dataclasses.replace(new, namespaces=namespaces)
+    elif kind == "node":
+        # The node disappears (no podCIDRs: no fail-closed rules) or loses its IPv6 podCIDR.
+        nodes = [make_node(i) for i in range(len(NODES))]
+        if rng.random() < 0.5:
+            nodes.pop(0)
+        else:
+            nodes[0] = Node.model_validate(
+                {"metadata": {"name": NODES[0]}, "spec": {"podCIDRs": ["10.244.1.0/24"]}}
+            )
+        changed = dataclasses.replace(old, nodes=tuple(nodes))
+        old, new = (old, changed) if rng.random() < 0.5 else (changed, old)
+    else:
+        raise ValueError(f"unknown pair kind {kind!r}")
+    return old, new
