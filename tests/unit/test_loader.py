@@ -514,7 +514,7 @@ def test_every_problem_of_every_file_is_reported_at_once() -> None:
 def test_the_model_is_sorted_and_independent_of_input_order() -> None:
     texts = [
         POLICY.replace("deny-all", "b"),
-        POLICY.replace("deny-all", "a").replace("namespace: x", "namespace: \"y\""),
+        POLICY.replace("deny-all", "a").replace("namespace: x", 'namespace: "y"'),
         POLICY.replace("deny-all", "a"),
         "apiVersion: v1\nkind: Pod\nmetadata: {name: z, namespace: a}\n",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: b}\n",
