@@ -1,7 +1,7 @@
 """Text to documents: multi-document YAML or (concatenated) JSON, with positions for errors.
 
 YAML is read with PyYAML's C loader when it is built (10,000 pods must load fast) and the safe
-constructors, that is YAML 1.1 as kubectl reads it: unquoted ``yes``/``on`` are booleans, and the
+constructors, that is YAML 1.1 as kubectl reads it: unquoted ``yes``/``on``/``y``/``n`` are booleans, and the
 validators say so when one lands where a string belongs. A key given twice in one mapping is a
 problem: YAML keeps only the last, so a second ``ingress:`` would silently drop the first rules,
 and kubectl rejects it too.
@@ -27,6 +27,12 @@ _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
 _SEQ = "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
+_BOOL = "tag:yaml.org,2002:bool"
+
+# go-yaml v2 (kubectl's decoder, through sigs.k8s.io/yaml) resolves these plain scalars to
+# booleans as well; PyYAML's YAML 1.1 table lacks them, so without this a label value ``y``
+# would pass here and be refused by ``kubectl apply``.
+_SHORT_BOOLS = {"y": True, "Y": True, "n": False, "N": False}
 
 
 # Tags of plain scalars, by (text, implicit flags); depends only on the (fixed) resolver.
@@ -52,6 +58,8 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
         self._open: set[int] = set()  # collections being built: an alias to one is a cycle
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is yaml.ScalarNode and implicit[0] and value in _SHORT_BOOLS:
+            return _BOOL
         # The C composer asks for every plain scalar's tag; manifests repeat the same keys and
         # values thousands of times, and the resolver's regex scan is the costly part.
         if kind is yaml.ScalarNode and isinstance(value, str) and len(value) <= _CACHE_VALUE_MAX:
@@ -72,6 +80,8 @@ class _Loader(_BaseLoader):  # type: ignore[misc, valid-type]
         if isinstance(node, yaml.ScalarNode):
             if node.tag == _STR:
                 return node.value
+            if node.tag == _BOOL and node.value in _SHORT_BOOLS:
+                return _SHORT_BOOLS[node.value]
             construct = self.yaml_constructors.get(node.tag)
             if construct is None or node.tag in (_MAP, _SEQ):
                 raise yaml.constructor.ConstructorError(

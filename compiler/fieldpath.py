@@ -70,7 +70,7 @@ def scalar_hint(value: object) -> str:
     """Why YAML produced a non-string where a string was written, and how to fix it."""
     if isinstance(value, bool):
         return (
-            "; YAML reads unquoted yes/no/on/off/true/false as booleans: quote the value "
+            "; YAML reads unquoted y/n/yes/no/on/off/true/false as booleans: quote the value "
             '(e.g. "yes") if it is meant as text'
         )
     if isinstance(value, int | float | datetime.date) or value is None:

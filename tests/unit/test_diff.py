@@ -22,7 +22,7 @@ def _pod(key: str, labels: str, *ips: str) -> str:
     ---
     apiVersion: v1
     kind: Pod
-    metadata: {{name: {name}, namespace: {ns}, labels: {labels}}}
+    metadata: {{name: {name}, namespace: "{ns}", labels: {labels}}}
     spec: {{nodeName: n1, containers: [{{name: c, ports: [{{containerPort: 80}}]}}]}}
     status: {{podIPs: [{", ".join("{ip: " + repr(ip) + "}" for ip in ips)}]}}
     """
@@ -34,7 +34,7 @@ def _policy(key: str, spec: str) -> str:
     ---
     apiVersion: networking.k8s.io/v1
     kind: NetworkPolicy
-    metadata: {{name: {name}, namespace: {ns}}}
+    metadata: {{name: {name}, namespace: "{ns}"}}
     spec: {spec}
     """
 

@@ -333,7 +333,7 @@ def test_a_workload_and_a_pod_of_one_name_collide() -> None:
 @pytest.mark.parametrize(
     "second",
     [
-        pytest.param(POLICY.replace("namespace: x", "namespace: y"), id="other-namespace"),
+        pytest.param(POLICY.replace("namespace: x", "namespace: z"), id="other-namespace"),
         pytest.param(
             "apiVersion: v1\nkind: Pod\nmetadata: {name: deny-all, namespace: x}\n", id="other-kind"
         ),
@@ -456,8 +456,15 @@ def test_a_duplicate_key_is_a_problem() -> None:
             POLICY.replace("podSelector: {}", "podSelector: {matchLabels: {env: on}}"),
             "NetworkPolicy x/deny-all",
             "spec.podSelector.matchLabels[env]",
-            "got a boolean (true); YAML reads unquoted yes/no/on/off/true/false as booleans",
+            "got a boolean (true); YAML reads unquoted y/n/yes/no/on/off/true/false as booleans",
             id="yaml-1.1-boolean",
+        ),
+        pytest.param(
+            POLICY.replace("podSelector: {}", "podSelector: {matchLabels: {env: y}}"),
+            "NetworkPolicy x/deny-all",
+            "spec.podSelector.matchLabels[env]",
+            "got a boolean (true); YAML reads unquoted y/n/yes/no/on/off/true/false as booleans",
+            id="unquoted-y-is-a-boolean-as-kubectl-reads-it",
         ),
     ],
 )
@@ -507,7 +514,7 @@ def test_every_problem_of_every_file_is_reported_at_once() -> None:
 def test_the_model_is_sorted_and_independent_of_input_order() -> None:
     texts = [
         POLICY.replace("deny-all", "b"),
-        POLICY.replace("deny-all", "a").replace("namespace: x", "namespace: y"),
+        POLICY.replace("deny-all", "a").replace("namespace: x", 'namespace: "y"'),
         POLICY.replace("deny-all", "a"),
         "apiVersion: v1\nkind: Pod\nmetadata: {name: z, namespace: a}\n",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: b, namespace: b}\n",
@@ -531,7 +538,9 @@ def test_the_upstream_e2e_policies_all_load() -> None:
         doc["metadata"]["name"] = f"{doc['metadata']['name']}-{i}"
         docs.append(doc)
     # The data names pod addresses symbolically; any concrete address will do for loading.
-    text = re.sub(r"\{\w+/\w+\}/host", "10.0.0.1/32", yaml.safe_dump_all(docs))
+    # PyYAML's dumper writes the string "y" unquoted, which kubectl (and Stockade) read as a
+    # boolean; JSON keeps strings strings.
+    text = re.sub(r"\{\w+/\w+\}/host", "10.0.0.1/32", "\n".join(json.dumps(d) for d in docs))
     text = re.sub(r"\{\w+/\w+\}/4", "0.0.0.0/4", text)
     result = load_manifests([("upstream.yaml", text)])
     assert len(result.model.policies) == len(policies) > 50

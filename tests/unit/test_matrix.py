@@ -33,7 +33,7 @@ def _pod(ns: str, name: str, labels: str, ip: str, ports: str = "[]") -> str:
     ---
     apiVersion: v1
     kind: Pod
-    metadata: {{name: {name}, namespace: {ns}, labels: {labels}}}
+    metadata: {{name: {name}, namespace: "{ns}", labels: {labels}}}
     spec:
       nodeName: n1
       containers: [{{name: c, ports: {ports}}}]
@@ -46,7 +46,7 @@ def _policy(ns: str, name: str, spec: str) -> str:
     ---
     apiVersion: networking.k8s.io/v1
     kind: NetworkPolicy
-    metadata: {{name: {name}, namespace: {ns}}}
+    metadata: {{name: {name}, namespace: "{ns}"}}
     spec: {spec}
     """
 
@@ -60,7 +60,7 @@ WORLD = (
         ---
         apiVersion: apps/v1
         kind: Deployment
-        metadata: {name: web, namespace: y}
+        metadata: {name: web, namespace: "y"}
         spec:
           selector: {matchLabels: {app: web}}
           template:

@@ -124,7 +124,10 @@ INVALID = [
         policy(labels={"app": "x" * 64}), "metadata.labels[app]", "no more than 63", id="label-value-64"
     ),
     pytest.param(
-        policy(labels={"app": True}), "metadata.labels[app]", "YAML reads unquoted yes/no", id="label-bool"
+        policy(labels={"app": True}),
+        "metadata.labels[app]",
+        "YAML reads unquoted y/n/yes/no",
+        id="label-bool",
     ),
     pytest.param(
         policy(labels={"v": 1.1}), "metadata.labels[v]", "got a number (1.1); quote", id="label-number"
