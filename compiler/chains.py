@@ -19,6 +19,7 @@ points its map entries at another chain.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -54,6 +55,7 @@ from compiler.peersets import (
     named_port_key,
     selector_peer,
 )
+from compiler.render_json import rule_json
 
 PORT_MAX = 65535
 Resolver = Callable[[Protocol, str], tuple[int, ...]]
@@ -234,6 +236,9 @@ def pod_chain(
     isolating = ", ".join(key for key, _ in policy_templates)
     rules.append(Rule((), DROP, naming.comment(f"{direction} isolation: {isolating}")))
     content = tuple(rules)
-    name = naming.pod_chain(direction, repr(content))
+    # Hash the rules' libnftables JSON (sorted keys): a canonical text of what the kernel runs,
+    # stable across Python versions and dataclass field changes, unlike repr().
+    canonical = json.dumps([rule_json("", r) for r in content], sort_keys=True, separators=(",", ":"))
+    name = naming.pod_chain(direction, canonical)
     note = naming.note(f"{direction} of pods isolated by {isolating}")
     return Chain(name, content, note=note), tuple(specs[n] for n in sorted(specs))

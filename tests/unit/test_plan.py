@@ -437,6 +437,16 @@ def test_pods_with_equal_policies_share_chains() -> None:
     }
 
 
+def test_chain_names_do_not_depend_on_python_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chain names hash what the kernel runs, so a Python upgrade or an added dataclass field
+    cannot rename every chain (and reset every counter) on an agent upgrade."""
+    spec = {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": 80}]}]}
+    m = model(pod("web", "10.244.1.10", labels={"app": "web"}), policies=(policy("web", spec),))
+    before = [c.name for c in build_plan(m, node=NODE).pod_chains]
+    monkeypatch.setattr(Rule, "__repr__", lambda self: "same for every rule")
+    assert [c.name for c in build_plan(m, node=NODE).pod_chains] == before
+
+
 def test_egress_isolation_without_rules_returns_nothing() -> None:
     spec = {"podSelector": {}, "policyTypes": ["Egress"]}
     plan = build_plan(model(WEB, policies=(policy("deny-out", spec),)), node=NODE)
