@@ -1,7 +1,6 @@
 """Import the lab's image archives into a node's containerd, where the CRI looks (namespace k8s.io).
 
-    from tests.images import importer
-    importer.import_all(ctr=bin_dir / "ctr", address=sock)
+Usage: `importer.import_all(ctr=bin_dir / "ctr", address=sock)`.
 """
 
 from __future__ import annotations
