@@ -24,7 +24,7 @@ DEFAULT_IMAGES_DIR = Path("/var/cache/stockade/images")
 NODE_BINARIES = ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr")
 
 # Names the images are imported under (tests/images builds them with these names).
-PAUSE_IMAGE = "registry.k8s.io/pause:3.10.1"
+PAUSE_IMAGE = "registry.k8s.io/pause:3.10.2"  # containerd 2.4.2 default, the e2e suite's pause
 CNI_INSTALLER_IMAGE = "lab.stockade.io/cni-installer:v1"
 TEST_POD_IMAGE = "lab.stockade.io/testpod:v1"
 

@@ -140,6 +140,8 @@ class Underlay:
         # A node's own processes (kubelet's hostNetwork pods, e.g. the CNI installer talking to
         # the `kubernetes` Service) need a route to the Service ranges for kube-proxy's DNAT to
         # happen at all; a real node's default route gives it. Here: towards the control plane.
+        if not self.cfg.real_nodes:
+            return
         with NetNS(node.netns) as ns:
             for cidr, via in ((SERVICE_CIDRS[0], self.cfg.cp_ipv4), (SERVICE_CIDRS[1], self.cfg.cp_ipv6)):
                 self.rec.routes.append({"netns": node.netns, "dst": cidr, "via": via})
