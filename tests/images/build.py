@@ -111,7 +111,7 @@ def debian_rootfs(cache: Path, packages: Sequence[str]) -> Path:
     if out.exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(f".tmp{os.getpid()}")
+    tmp = out.with_name(f".{key}.tmp{os.getpid()}.tar")  # mmdebstrap picks the format by suffix
     log(f"mmdebstrap {SUITE} +{','.join(packages)} (cold: ~2 min)")
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH))
     run(
