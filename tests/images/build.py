@@ -112,7 +112,7 @@ def debian_rootfs(cache: Path, packages: Sequence[str]) -> Path:
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{key}.tmp{os.getpid()}.tar")  # mmdebstrap picks the format by suffix
-    log(f"mmdebstrap {SUITE} +{','.join(packages)} (cold: ~2 min)")
+    log(f"mmdebstrap {SUITE} +{','.join(packages)} (cold: ~1 min)")
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(EPOCH))
     run(
         [
@@ -334,8 +334,11 @@ def build(name: str, cache: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".tmp{os.getpid()}")
         log(f"building {name} ({key})")
-        write_archive(make(), tmp)
-        tmp.rename(out)
+        try:
+            write_archive(make(), tmp)
+            tmp.rename(out)
+        finally:
+            tmp.unlink(missing_ok=True)
     link = cache / f"{name}.tar"
     tmp_link = cache / f".{name}.tar.{os.getpid()}"
     tmp_link.symlink_to(out.relative_to(cache))

@@ -24,6 +24,7 @@ HELM_VERSION=v3.22.0
 ETCD_VERSION=v3.7.3
 CNI_VERSION=v1.3.1
 CONTAINERD_VERSION=v2.4.2
+AGNHOST_VERSION=2.66.1   # the agnhost tag Kubernetes v1.37.2's e2e suite uses
 BUILD_DATE=2026-01-01T00:00:00Z   # fixed, for reproducible binaries
 
 ALL_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl kubelet etcd helm cnitool
@@ -90,7 +91,9 @@ recipe() {
       verargs=(--list-images); want="registry.k8s.io/e2e-test-images/agnhost:2.66.1"
       ;;
     agnhost)
-      mod=e2e; pkg=k8s.io/kubernetes/test/images/agnhost; ldx=""; verargs=(--help); want="agnhost"
+      # Version as the tag e2e.test expects of the agnhost image (test/utils/image/manifest.go).
+      mod=e2e; pkg=k8s.io/kubernetes/test/images/agnhost; ldx="-X main.Version=$AGNHOST_VERSION"
+      want="version $AGNHOST_VERSION"
       ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
   esac
