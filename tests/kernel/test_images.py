@@ -222,3 +222,44 @@ def test_containerd_runs_pause_and_testpod(images_dir: Path, containerd: tuple[P
         timeout=30,
     )
     assert out.returncode == 0, "the test pod's agent does not accept TCP on 8080"
+
+
+def test_cni_installer_writes_plugins_and_dual_stack_conflist(tmp_path: Path) -> None:
+    env = dict(
+        os.environ,
+        CNI_BIN_DIR=str(tmp_path / "bin"),
+        CNI_NET_DIR=str(tmp_path / "net.d"),
+        POD_CIDRS="10.244.1.0/24,fd00:10:244:1::/64",
+    )
+    proc = subprocess.Popen(["python3", str(REPO / "tests/images/install-cni.py")], env=env)
+    try:
+        conf = tmp_path / "net.d/10-stockade-lab.conflist"
+        for _ in range(100):
+            if conf.exists():
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the installer must keep running (DaemonSet pod)"
+        assert sorted(p.name for p in (tmp_path / "net.d").iterdir()) == ["10-stockade-lab.conflist"]
+        assert json.loads(conf.read_text()) == {
+            "cniVersion": "1.0.0",
+            "name": "stockade-lab",
+            "plugins": [
+                {
+                    "type": "ptp",
+                    "mtu": 1500,
+                    "ipam": {
+                        "type": "host-local",
+                        "ranges": [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd00:10:244:1::/64"}]],
+                        "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
+                    },
+                },
+                {"type": "portmap", "capabilities": {"portMappings": True}},
+            ],
+        }
+        for plugin in ("ptp", "host-local", "loopback", "portmap"):
+            installed = tmp_path / "bin" / plugin
+            assert os.access(installed, os.X_OK)
+            assert installed.read_bytes() == (Path("/usr/lib/cni") / plugin).read_bytes()
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0, "SIGTERM must end the installer cleanly"
