@@ -52,7 +52,9 @@ spec:
         - {{containerPort: 8080, protocol: TCP}}
         - {{containerPort: 5353, protocol: UDP}}
         - {{containerPort: 9999, protocol: SCTP}}
-        # kubelet probes from the node's namespace to the pod's address.
+        # kubelet probes from the node's namespace to the pod's address. The startup probe gives
+        # python the time it needs on a loaded machine; liveness runs only after it.
+        startupProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1, failureThreshold: 60}}
         readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
         livenessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1, failureThreshold: 2}}
 ---
