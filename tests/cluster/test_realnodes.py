@@ -16,9 +16,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster.lab import Lab, LabError
+from tests.cluster.conftest import running_lab
+from tests.cluster.lab import Lab
 from tests.cluster.lab.nodes import PAUSE_IMAGE, TEST_POD_IMAGE
-from tests.cluster.lab.report import leftovers
 from tests.cluster.lab.workloads import apply, cluster_ips, endpoints, pods, wait_gone, wait_pods
 from tests.support.probe import Prober, ProbeRequest, Protocol
 
@@ -99,15 +99,7 @@ spec:
 @pytest.fixture(scope="module")
 def rlab() -> Iterator[Lab]:
     name = "real" + os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
-    the_lab = Lab.create(name=name, nodes=2, real_nodes=True)
-    try:
-        the_lab.up()
-    except LabError as exc:
-        pytest.fail(f"the real-node lab could not start: {exc}", pytrace=False)
-    yield the_lab
-    the_lab.down()
-    left = leftovers(the_lab.cfg)
-    assert not left, f"lab {the_lab.cfg.name} left things behind after down: {left}"
+    yield from running_lab(Lab.create(name=name, nodes=2, real_nodes=True))
 
 
 def test_nodes_ready_with_containerd_after_the_cni_daemonset(rlab: Lab) -> None:

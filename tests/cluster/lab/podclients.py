@@ -22,6 +22,7 @@ from tests.support.probe import PodEndpoint
 
 from .preflight import LabError
 from .realnode import containerd_socket
+from .sandbox import _ping
 from .state import proc_of, write_json
 
 if TYPE_CHECKING:
@@ -66,19 +67,6 @@ def sandbox_pid(lab: Lab, pod: dict[str, Any]) -> int:
     return running[0]
 
 
-def _ping(path: Path) -> bool:
-    import socket  # noqa: PLC0415
-
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(1.0)
-            s.connect(str(path))
-            s.sendall(b"ping\n")
-            return s.recv(16).startswith(b"pong")
-    except OSError:
-        return False
-
-
 def client_endpoint(lab: Lab, pod: dict[str, Any], *, name: str) -> PodEndpoint:
     """A prober endpoint for a real pod: its client agent (started once) and its pod IPs."""
     meta, node = pod["metadata"], str(pod["spec"].get("nodeName", ""))
@@ -86,7 +74,7 @@ def client_endpoint(lab: Lab, pod: dict[str, Any], *, name: str) -> PodEndpoint:
     pods_dir = lab.node_dir(node) / "pods"
     pods_dir.mkdir(parents=True, exist_ok=True)
     sock = pods_dir / f"{uid}.sock"
-    if not _ping(sock):
+    if not _ping(str(sock)):
         pid = sandbox_pid(lab, pod)
         argv = ["nsenter", f"--net=/proc/{pid}/ns/net", "--"]
         argv += [
@@ -117,7 +105,7 @@ def client_endpoint(lab: Lab, pod: dict[str, Any], *, name: str) -> PodEndpoint:
         record["agent"] = proc_of(proc.pid, "client").__dict__
         write_json(pods_dir / f"{uid}.json", record)
         deadline = time.monotonic() + READY_TIMEOUT
-        while not _ping(sock):
+        while not _ping(str(sock)):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise LabError(
                     f"client agent for {name} did not start: {(pods_dir / f'{uid}.log').read_text()[-600:]}"
