@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
 
-.PHONY: setup lint test unit kernel cluster demo bench
+.PHONY: setup lint test unit kernel cluster demo bench e2e
 
 setup:
 	bash .ci/setup
@@ -28,6 +28,10 @@ cluster: setup
 
 demo: setup
 	$(PY) -m tests.cluster.demo
+
+# The upstream NetworkPolicy e2e specs against a real-node lab; JUnit in tests/e2e-results/.
+e2e: setup
+	$(PY) -m tests.cluster.e2e
 
 bench: setup
 	$(PY) tests/bench/compile.py

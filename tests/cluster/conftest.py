@@ -37,13 +37,17 @@ def lab() -> Iterator[Lab]:
     mode = os.environ.get("STOCKADE_LAB_PROXY_MODE", "nftables")
     if mode not in ("nftables", "iptables"):
         pytest.fail(f"STOCKADE_LAB_PROXY_MODE={mode!r}: want nftables or iptables", pytrace=False)
-    the_lab = Lab.create(
-        name=lab_name(), nodes=2, proxy_mode="iptables" if mode == "iptables" else "nftables"
+    yield from running_lab(
+        Lab.create(name=lab_name(), nodes=2, proxy_mode="iptables" if mode == "iptables" else "nftables")
     )
+
+
+def running_lab(the_lab: Lab) -> Iterator[Lab]:
+    """Start the lab (a failure fails the test with the reason), yield it, check `down` left nothing."""
     try:
         the_lab.up()
     except LabError as exc:
-        pytest.fail(f"the cluster lab could not start: {exc}", pytrace=False)
+        pytest.fail(f"the lab {the_lab.cfg.name} could not start: {exc}", pytrace=False)
     yield the_lab
     the_lab.down()
     left = leftovers(the_lab.cfg)

@@ -16,17 +16,20 @@ set -euo pipefail
 # Bump to force a rebuild of every binary (e.g. after changing build flags
 # below). Version bumps of the tools themselves change go.mod/go.sum, which
 # already changes the cache key.
-TOOLS_BUILD_VERSION=1
+TOOLS_BUILD_VERSION=2
 
 # Values stamped into the binaries. Keep in step with the go.mod pins.
 KUBE_VERSION=v1.37.2
 HELM_VERSION=v3.22.0
 ETCD_VERSION=v3.7.3
 CNI_VERSION=v1.3.1
+CONTAINERD_VERSION=v2.4.2
+AGNHOST_VERSION=2.66.1   # the agnhost tag Kubernetes v1.37.2's e2e suite uses
 BUILD_DATE=2026-01-01T00:00:00Z   # fixed, for reproducible binaries
 
-ALL_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl etcd helm cnitool)
-MODULE_DIRS=(kube etcd helm cni)
+ALL_TOOLS=(kube-apiserver kube-controller-manager kube-scheduler kube-proxy kubectl kubelet etcd helm cnitool
+           containerd containerd-shim-runc-v2 ctr e2e.test agnhost)
+MODULE_DIRS=(kube etcd helm cni containerd e2e)
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${STOCKADE_TOOLS_DIR:-/var/cache/stockade/tools}
@@ -44,9 +47,13 @@ recipe() {
     kx+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=37"
     kx+=" -X $p.gitTreeState=clean -X $p.buildDate=$BUILD_DATE"
   done
-  tags=""; verargs=(--version); want=""
+  tags=""; verargs=(--version); want=""; testbin=""
+  local cx="-X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
+  cx+=" -X github.com/containerd/containerd/v2/version.Revision=$CONTAINERD_VERSION"
+  cx+=" -X github.com/containerd/containerd/v2/version.Package=github.com/containerd/containerd/v2"
+  local ctags=urfave_cli_no_docs,osusergo,netgo,static_build   # as upstream's static release
   case "$1" in
-    kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubectl)
+    kube-apiserver|kube-controller-manager|kube-scheduler|kube-proxy|kubectl|kubelet)
       mod=kube; pkg=k8s.io/kubernetes/cmd/$1; ldx=$kx
       tags=selinux,notest,grpcnotrace   # as upstream hack/lib/golang.sh
       want="$KUBE_VERSION"
@@ -69,6 +76,25 @@ recipe() {
     cnitool)
       mod=cni; pkg=github.com/containernetworking/cni/cnitool; ldx=""; verargs=()
       ;;
+    containerd|ctr)
+      mod=containerd; pkg=github.com/containerd/containerd/v2/cmd/$1; ldx=$cx; tags=$ctags
+      want="$CONTAINERD_VERSION"
+      ;;
+    containerd-shim-runc-v2)
+      mod=containerd; pkg=github.com/containerd/containerd/v2/cmd/$1; ldx=$cx; tags=$ctags,no_grpc
+      verargs=(-v); want="$CONTAINERD_VERSION"
+      ;;
+    e2e.test)
+      # The upstream e2e suite is a test binary (go test -c), stamped like the kube tools.
+      mod=e2e; pkg=k8s.io/kubernetes/test/e2e; ldx=$kx; testbin=1
+      # --list-images prints the images the suite pulls; tests/images tags agnhost as this.
+      verargs=(--list-images); want="registry.k8s.io/e2e-test-images/agnhost:2.66.1"
+      ;;
+    agnhost)
+      # Version as the tag e2e.test expects of the agnhost image (test/utils/image/manifest.go).
+      mod=e2e; pkg=k8s.io/kubernetes/test/images/agnhost; ldx="-X main.Version=$AGNHOST_VERSION"
+      want="version $AGNHOST_VERSION"
+      ;;
     *) die "unknown tool '$1' (known: ${ALL_TOOLS[*]})" ;;
   esac
 }
@@ -80,22 +106,45 @@ esac
 if (($#)); then TOOLS=("$@"); else TOOLS=("${ALL_TOOLS[@]}"); fi
 for t in "${TOOLS[@]}"; do recipe "$t"; done   # validates names
 
-# ---- cache key ---------------------------------------------------------------
-hash_inputs() {
-  printf 'build-version %s\n' "$TOOLS_BUILD_VERSION"
-  local d f
-  for d in "${MODULE_DIRS[@]}"; do
+# ---- cache keys ----------------------------------------------------------------
+# One key per module dir (its go.mod/go.sum, the build-flag version and the dir name), so a
+# change to one module rebuilds only its tools. Binaries live in $CACHE/mod/<dir>-<key>/;
+# $CACHE/<set key>/bin holds symlinks to the current binaries of every module.
+mod_key() {
+  local d=$1 f
+  {
+    printf 'build-version %s\nmodule %s\n' "$TOOLS_BUILD_VERSION" "$d"
     for f in go.mod go.sum; do
       [[ -f $HERE/$d/$f ]] || die "missing $HERE/$d/$f"
       printf '== %s/%s\n' "$d" "$f"; cat "$HERE/$d/$f"
     done
-  done
+  } | sha256sum | cut -c1-12
 }
-KEY=$(hash_inputs | sha256sum | cut -c1-12)
+declare -A MODDIR
+setkeys=""
+for d in "${MODULE_DIRS[@]}"; do
+  MODDIR[$d]=$CACHE/mod/$d-$(mod_key "$d")
+  setkeys+="${MODDIR[$d]##*/} "
+done
+KEY=$(printf '%s' "$setkeys" | sha256sum | cut -c1-12)
 BIN=$CACHE/$KEY/bin
 
+tool_path() { recipe "$1"; printf '%s/%s' "${MODDIR[$mod]}" "$1"; }
+
 missing=()
-for t in "${TOOLS[@]}"; do [[ -x $BIN/$t ]] || missing+=("$t"); done
+for t in "${TOOLS[@]}"; do [[ -x $(tool_path "$t") ]] || missing+=("$t"); done
+
+link_tools() {
+  # $BIN/<tool> -> the module's binary, for every tool already built.
+  local t p
+  mkdir -p "$BIN" || return 1
+  for t in "${ALL_TOOLS[@]}"; do
+    p=$(tool_path "$t")
+    if [[ -x $p && $(readlink "$BIN/$t" 2>/dev/null) != "$p" ]]; then
+      ln -sfn "$p" "$BIN/.$t.$$" && mv -Tf "$BIN/.$t.$$" "$BIN/$t"
+    fi
+  done
+}
 
 update_link() {
   # Atomic replace of $CACHE/bin -> $KEY/bin.
@@ -105,13 +154,13 @@ update_link() {
 }
 
 if ((${#missing[@]} == 0)); then
-  if [[ -w $CACHE ]]; then update_link || true; fi
+  if [[ -w $CACHE ]]; then { link_tools && update_link; } || true; fi
   echo "$BIN"; exit 0
 fi
 
 # ---- build -------------------------------------------------------------------
-mkdir -p "$BIN" 2>/dev/null || die "cannot create $BIN (set STOCKADE_TOOLS_DIR to a writable dir)"
-[[ -w $BIN ]] || die "$BIN is not writable (set STOCKADE_TOOLS_DIR to a writable dir)"
+mkdir -p "$BIN" "$CACHE/mod" 2>/dev/null || die "cannot create $BIN (set STOCKADE_TOOLS_DIR to a writable dir)"
+[[ -w $BIN && -w $CACHE/mod ]] || die "$CACHE is not writable (set STOCKADE_TOOLS_DIR to a writable dir)"
 
 GO=${GO:-$(command -v go || true)}
 if [[ -z $GO && -x /usr/local/go/bin/go ]]; then GO=/usr/local/go/bin/go; fi
@@ -127,7 +176,7 @@ esac
 exec 9>"$CACHE/.lock"
 if ! flock -n 9; then log "waiting for another build.sh holding $CACHE/.lock..."; flock 9; fi
 missing2=()
-for t in "${missing[@]}"; do [[ -x $BIN/$t ]] || missing2+=("$t"); done
+for t in "${missing[@]}"; do [[ -x $(tool_path "$t") ]] || missing2+=("$t"); done
 missing=("${missing2[@]+"${missing2[@]}"}")
 
 export GOTOOLCHAIN=local          # never fetch another toolchain
@@ -146,19 +195,22 @@ for t in "${missing[@]}"; do
   recipe "$t"
   log "building $t ($i/$n)..."
   start=$(date +%s)
-  tmp=$(mktemp "$BIN/.$t.tmp.XXXXXX")
-  if ! (cd "$HERE/$mod" && nice -n 10 "$GO" build -p "$JOBS" -trimpath \
+  out_dir=${MODDIR[$mod]}; mkdir -p "$out_dir"
+  tmp=$(mktemp "$out_dir/.$t.tmp.XXXXXX")
+  if [[ -n $testbin ]]; then gocmd=(test -c); else gocmd=(build); fi
+  if ! (cd "$HERE/$mod" && nice -n 10 "$GO" "${gocmd[@]}" -p "$JOBS" -trimpath \
           ${tags:+-tags "$tags"} -ldflags "-s -w $ldx" -o "$tmp" "$pkg"); then
-    die "go build of $t ($pkg in tests/tools/$mod) failed"
+    die "go ${gocmd[*]} of $t ($pkg in tests/tools/$mod) failed"
   fi
   chmod 0755 "$tmp"
   if ((${#verargs[@]})); then
     out=$("$tmp" "${verargs[@]}" 2>&1) || die "$t ${verargs[*]} failed: $out"
     [[ $out == *"$want"* ]] || die "$t ${verargs[*]} printed '$out', expected '$want'"
   fi
-  mv -f "$tmp" "$BIN/$t"; tmp=""
+  mv -f "$tmp" "$out_dir/$t"; tmp=""
   log "built $t in $(($(date +%s) - start))s"
 done
+link_tools
 update_link
 log "done: $n built in $(($(date +%s) - total_start))s -> $BIN"
 echo "$BIN"

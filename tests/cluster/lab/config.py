@@ -66,6 +66,7 @@ class LabConfig:
     slot: int = 0
     root: Path = field(default=DEFAULT_ROOT)
     cni_bin_dir: str = ""  # empty: the first of CNI_BIN_DIRS that has ptp and host-local
+    real_nodes: bool = False  # kubelet + containerd per node instead of the node stand-in
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):

@@ -35,6 +35,8 @@ def identities(cfg: LabConfig) -> list[Identity]:
         Identity("controller-manager", "system:kube-controller-manager"),
         Identity("scheduler", "system:kube-scheduler"),
         Identity("kube-proxy", "system:kube-proxy"),
+        # The apiserver's client certificate towards kubelets (logs, exec, port-forward).
+        Identity("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)),
     ]
     ids += [Identity(n.name, f"system:node:{n.name}", ("system:nodes",)) for n in cfg.all_nodes]
     return ids
@@ -89,6 +91,10 @@ def apiserver(cfg: LabConfig, bin_dir: Path, pki: Path) -> list[str]:
         f"--service-account-key-file={pki / 'sa.pub'}",
         f"--service-account-signing-key-file={pki / 'sa.key'}",
         "--allow-privileged=true",
+        # Reach kubelets by their InternalIP (nodes have no DNS names here), as their CA's client.
+        "--kubelet-preferred-address-types=InternalIP",
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
         "--profiling=false",
         "--v=1",
     ]

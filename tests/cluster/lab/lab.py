@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import cni, controlplane
+from . import cni, controlplane, nodes, realnode
 from .config import APISERVER_PORT, CNI_BIN_DIRS, DEFAULT_ROOT, LabConfig, ProxyMode, collisions
 from .kube import ApiError, Credentials, Kube, Obj
 from .pki import PKI
@@ -56,9 +56,10 @@ class Lab:
         nodes: int = 2,
         proxy_mode: ProxyMode = "nftables",
         root: Path = DEFAULT_ROOT,
+        real_nodes: bool = False,
     ) -> Lab:
         """A lab not started yet; its slot is chosen when `up` runs (after crash clean-up)."""
-        return cls(LabConfig(name=name, nodes=nodes, proxy_mode=proxy_mode, root=root))
+        return cls(LabConfig(name=name, nodes=nodes, proxy_mode=proxy_mode, root=root, real_nodes=real_nodes))
 
     @classmethod
     def load(cls, name: str, *, root: Path = DEFAULT_ROOT) -> Lab:
@@ -69,7 +70,14 @@ class Lab:
         rec = Record.load(state)
         mode: ProxyMode = "iptables" if rec.proxy_mode == "iptables" else "nftables"
         lab = cls(
-            LabConfig(name=name, nodes=rec.nodes, proxy_mode=mode, slot=rec.slot, root=root),
+            LabConfig(
+                name=name,
+                nodes=rec.nodes,
+                proxy_mode=mode,
+                slot=rec.slot,
+                root=root,
+                real_nodes=bool(rec.info.get("real_nodes")),
+            ),
             bin_dir=Path(rec.info["bin_dir"]) if rec.info.get("bin_dir") else None,
         )
         lab.rec = rec
@@ -86,9 +94,14 @@ class Lab:
     def node_dir(self, node: str) -> Path:
         return self.cfg.dir / "nodes" / node
 
-    def _spawn(self, role: str, argv: list[str], netns_name: str) -> None:
+    def _spawn(
+        self, role: str, argv: list[str], netns_name: str, *, env: dict[str, str] | None = None
+    ) -> None:
         proc = spawn(
-            argv, netns_name=netns_name, log=self.log_path(role), env=dict(os.environ, PYTHONPATH=str(REPO))
+            argv,
+            netns_name=netns_name,
+            log=self.log_path(role),
+            env=dict(env or os.environ, PYTHONPATH=str(REPO)),
         )
         self.popen[role] = proc
         self.rec.processes.append(proc_of(proc.pid, role, netns_name))
@@ -202,6 +215,7 @@ class Lab:
                 slot=slot,
                 root=self.cfg.root,
                 cni_bin_dir=cni_bin,
+                real_nodes=self.cfg.real_nodes,
             )
             if clash := collisions(cfg, prefixes):
                 raise LabError("address ranges collide with the host: " + "; ".join(clash))
@@ -212,7 +226,7 @@ class Lab:
                 nodes=cfg.nodes,
                 proxy_mode=cfg.proxy_mode,
                 owner_pid=os.getpid(),
-                info={"bin_dir": str(bin_dir), "cni_bin": cni_bin},
+                info={"bin_dir": str(bin_dir), "cni_bin": cni_bin, "real_nodes": self.cfg.real_nodes},
             )
             self._save()
         finally:
@@ -260,12 +274,20 @@ class Lab:
         self._spawn("kube-scheduler", controlplane.scheduler(bin_dir, kc_sched), cfg.cp_netns)
 
         t = time.monotonic()
-        for node in cfg.all_nodes:
-            (self.node_dir(node.name) / "net.d").mkdir(parents=True)
-            argv = controlplane.standin(
-                cfg, node, python=sys.executable, pki=pki, node_dir=self.node_dir(node.name), cni_bin=cni_bin
-            )
-            self._spawn(f"standin-{node.name}", argv, node.netns)
+        if cfg.real_nodes:
+            self._start_real_nodes(bin_dir=bin_dir, timeout=timeout)
+        else:
+            for node in cfg.all_nodes:
+                (self.node_dir(node.name) / "net.d").mkdir(parents=True)
+                argv = controlplane.standin(
+                    cfg,
+                    node,
+                    python=sys.executable,
+                    pki=pki,
+                    node_dir=self.node_dir(node.name),
+                    cni_bin=cni_bin,
+                )
+                self._spawn(f"standin-{node.name}", argv, node.netns)
         cidrs: dict[str, list[str]] = {}
 
         def all_cidrs() -> bool:
@@ -282,13 +304,19 @@ class Lab:
         t = time.monotonic()
         Underlay(cfg, self.rec, self._save).route_pod_cidrs(cidrs)
         for node in cfg.all_nodes:
-            conf = cni.lab_conflist(pod_cidrs=cidrs[node.name], ipam_dir=self.node_dir(node.name) / "ipam")
-            write_json_file(self.node_dir(node.name) / "net.d" / "10-stockade-lab.conflist", conf)
+            if not cfg.real_nodes:
+                conf = cni.lab_conflist(
+                    pod_cidrs=cidrs[node.name], ipam_dir=self.node_dir(node.name) / "ipam"
+                )
+                write_json_file(self.node_dir(node.name) / "net.d" / "10-stockade-lab.conflist", conf)
             self._spawn(
                 f"kube-proxy-{node.name}", controlplane.kube_proxy(cfg, bin_dir, node, kc_proxy), node.netns
             )
         self.rec.info["pod_cidrs"] = cidrs
         self._save()
+        if cfg.real_nodes:
+            # Nodes are NotReady until a CNI config exists; a DaemonSet writes it, as in production.
+            self.kubectl("apply", "-f", "-", input=nodes.cni_installer_manifest())
         wait_for(
             "nodes to be Ready",
             lambda: all(self._node_ready(n.name) for n in cfg.all_nodes),
@@ -310,6 +338,53 @@ class Lab:
         self._step("nodes ready", t)
         self.rec.phase = "up"
         self._save()
+
+    def _start_real_nodes(self, *, bin_dir: Path, timeout: float) -> None:
+        """containerd and kubelet per node, each in its node's network, mount and cgroup space."""
+        cfg = self.cfg
+        tools = nodes.NodeTools.find(bin_dir)
+        self.rec.info["node_tools"] = str(tools.bin_dir)
+        for node in cfg.all_nodes:
+            nd = self.node_dir(node.name)
+            realnode.write_node_files(
+                cfg=cfg,
+                node=node,
+                node_dir=nd,
+                ca=self.pki.path("ca.crt"),
+                runtime_bin=tools.runc,
+                sandbox_image=tools.pause_image,
+            )
+            cg = realnode.cgroup_name(cfg, node)
+            self.rec.cgroups.append(cg)
+            self._save()
+            realnode.make_cgroup(cg)
+            ready = nd / "mounts.ready"
+            self._spawn(f"mntns-{node.name}", realnode.holder_argv(nd, ready), node.netns)
+            wait_for(f"{node.name}'s mount namespace", ready.exists, timeout=timeout, alive=self._check_alive)
+            holder = self.popen[f"mntns-{node.name}"].pid
+            enter = ["nsenter", f"--mount=/proc/{holder}/ns/mnt", "--"]
+            env = dict(os.environ, PATH=f"{tools.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}")
+            self._spawn(
+                f"containerd-{node.name}",
+                enter + realnode.containerd_argv(bin_dir=tools.bin_dir, node_dir=nd),
+                node.netns,
+                env=env,
+            )
+        for node in cfg.all_nodes:
+            nd = self.node_dir(node.name)
+            sock = realnode.containerd_socket(nd)
+            wait_for(f"containerd on {node.name}", sock.exists, timeout=timeout, alive=self._check_alive)
+            tools.import_images(sock)
+            kc = self.pki.kubeconfig(
+                nd / "kubeconfig", stem=node.name, user=f"system:node:{node.name}", server=cfg.api_url_nodes
+            )
+            holder = self.popen[f"mntns-{node.name}"].pid
+            enter = ["nsenter", f"--mount=/proc/{holder}/ns/mnt", "--"]
+            self._spawn(
+                f"kubelet-{node.name}",
+                enter + realnode.kubelet_argv(bin_dir=tools.bin_dir, node=node, node_dir=nd, kubeconfig=kc),
+                node.netns,
+            )
 
     def _exists(self, path: str) -> bool:
         try:

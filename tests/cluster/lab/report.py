@@ -13,6 +13,7 @@ from pyroute2 import IPRoute
 
 from .config import LabConfig
 from .kube import ApiError
+from .realnode import v1_hierarchies
 from .state import NETNS_DIR, OwnerLock, alive, pod_records
 
 if TYPE_CHECKING:
@@ -76,6 +77,13 @@ def leftovers(cfg: LabConfig) -> list[str]:
             net = ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False)
             if any(net.version == n.version and net.overlaps(n) for n in lab_nets):
                 found.append(f"route {net} (table {r.get('table')})")
+    # Real nodes' cgroups (named after the lab's prefix) in every v1 hierarchy.
+    found += [
+        f"cgroup {h / (cfg.prefix + n.name)}"
+        for h in v1_hierarchies()
+        for n in cfg.all_nodes
+        if (h / (cfg.prefix + n.name)).exists()
+    ]
     needle = str(cfg.dir).encode()
     me = os.getpid()
     for entry in os.listdir("/proc"):

@@ -22,6 +22,8 @@ from typing import Any
 
 from pyroute2 import IPRoute, netns
 
+from .realnode import remove_cgroup
+
 NETNS_DIR = Path("/run/netns")
 
 
@@ -50,6 +52,7 @@ class Record:
     links: list[str] = field(default_factory=list)  # in the host namespace
     routes: list[dict[str, str]] = field(default_factory=list)  # {"netns", "dst", "via"}
     processes: list[Proc] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)  # node cgroup roots, in every v1 hierarchy
     info: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -175,6 +178,10 @@ def cleanup(lab_dir: Path, *, keep_logs_to: Path | None = None) -> list[str]:
     strays = pids_in_netns([n for n in all_netns if netns_exists(n)])
     terminate([proc_of(pid, "stray") for pid in strays], timeout=2.0)
     done += [f"stray process {pid}" for pid in strays]
+
+    # Real nodes: whatever still runs in a node's cgroups (pod containers, shims) goes with them.
+    for cg in rec.cgroups:
+        done += remove_cgroup(cg)
 
     with IPRoute() as ipr:
         for link in rec.links:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute, NetNS, netns
 
-from .config import LabConfig, NodeAddrs
+from .config import SERVICE_CIDRS, LabConfig, NodeAddrs
 from .preflight import LabError
 from .state import Record
 
@@ -137,6 +137,16 @@ class Underlay:
             cp.link("set", index=port, master=br)
             cp.link("set", index=port, state="up")
         sysctl(node.netns, NODE_SYSCTLS)
+        # A node's own processes (kubelet's hostNetwork pods, e.g. the CNI installer talking to
+        # the `kubernetes` Service) need a route to the Service ranges for kube-proxy's DNAT to
+        # happen at all; a real node's default route gives it. Here: towards the control plane.
+        if not self.cfg.real_nodes:
+            return
+        with NetNS(node.netns) as ns:
+            for cidr, via in ((SERVICE_CIDRS[0], self.cfg.cp_ipv4), (SERVICE_CIDRS[1], self.cfg.cp_ipv6)):
+                self.rec.routes.append({"netns": node.netns, "dst": cidr, "via": via})
+                self.save()
+                ns.route("replace", dst=cidr, gateway=via)
 
     def route_pod_cidrs(self, pod_cidrs: Mapping[str, list[str]]) -> None:
         """Until the overlay exists: each node reaches the others' podCIDRs over the underlay.

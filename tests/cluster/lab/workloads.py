@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 from tests.support.probe import PodEndpoint
 
+from . import podclients
 from .kube import Obj
 from .lab import Lab
 from .preflight import LabError
@@ -68,6 +69,8 @@ def pod_name(pod: Obj) -> str:
 
 def endpoints(lab: Lab, pod_list: Sequence[Obj]) -> list[PodEndpoint]:
     """Prober endpoints named `namespace/name`, one per pod, from the nodes' sandbox records."""
+    if lab.cfg.real_nodes:
+        return [podclients.client_endpoint(lab, pod, name=pod_name(pod)) for pod in pod_list]
     boxes = lab.pod_sandboxes()
     out = []
     for pod in pod_list:

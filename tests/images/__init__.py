@@ -1,0 +1,1 @@
+"""Container images for real lab nodes, built locally (see README.md)."""
