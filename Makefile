@@ -31,6 +31,8 @@ demo: setup
 
 # The upstream NetworkPolicy e2e specs against a real-node lab; JUnit in tests/e2e-results/.
 e2e: setup
+	bash tests/tools/build.sh e2e.test agnhost >/dev/null
+	bash tests/images/build.sh agnhost >/dev/null
 	$(PY) -m tests.cluster.e2e
 
 bench: setup
