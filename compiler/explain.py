@@ -1,58 +1,16 @@
-"""Text for people: a verdict of the reference semantics, and policy rules, described in a few words.
+"""Text for people: policy rules and near misses, described in a few words.
 
-An operator reading ``stockade explain`` should see at a glance which policy and which rule decided
-each side of a connection, and when it is blocked, which rules nearly allowed it.
+An operator reading ``stockade explain`` should see at a glance, when a connection is blocked, which
+rules nearly allowed it. The verdict itself is rendered by :mod:`compiler.verdict`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from compiler.model import NetworkPolicyPeer, NetworkPolicyPort, Protocol
 from compiler.selectors import describe, requirements
-
-if TYPE_CHECKING:  # semantics imports this module; the types are only needed for checking
-    from compiler.semantics import RuleRef, Side, Verdict
-
-
-def render(verdict: Verdict) -> str:
-    """``ALLOWED``/``BLOCKED`` with the connection, then one line per side (egress, ingress) and details."""
-    word = "ALLOWED" if verdict.allowed else "BLOCKED"
-    lines = [
-        f"{word}  {verdict.src} -> {verdict.dst}  {verdict.protocol}/{verdict.port} (IPv{verdict.family})"
-    ]
-    for side in (verdict.egress, verdict.ingress):
-        other = verdict.dst if side.direction == "egress" else verdict.src
-        first, *rest = _side_lines(side, other, probe=f"{verdict.protocol}/{verdict.port}")
-        lines.append(f"  {side.direction:<7} {side.subject}: {first}")
-        lines.extend(f"    {line}" for line in rest)
-    return "\n".join(lines)
-
-
-def _side_lines(side: Side, other: str, *, probe: str) -> list[str]:
-    """The side's verdict and reason, then detail lines (other allowing rules, near misses)."""
-    if side.exempt:
-        lines = [f"allowed: {side.exempt}"]
-        if side.isolated and not side.allowed_by:
-            lines.append(f"(policies would block it: isolated by {', '.join(side.isolating)})")
-        return lines
-    if not side.isolated:
-        return [f"allowed: not isolated (no policy selects it for {side.direction})"]
-    if side.allowed:
-        first, *rest = side.allowed_by
-        more = f" (and {len(rest)} more)" if rest else ""
-        lines = [f"allowed by {first}{more}"]
-        if rest:
-            lines.append("also allowed by " + ", ".join(str(ref) for ref in rest))
-        return lines
-    towards = "from" if side.direction == "ingress" else "to"
-    head = (
-        f"blocked: {side.subject} is isolated for {side.direction} by {', '.join(side.isolating)}"
-        f" and no rule allows {probe} {towards} {other}"
-    )
-    return [head, *(f"nearly: {hint}" for hint in side.hints)]
-
+from compiler.verdict import RuleRef
 
 # --- near misses --------------------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ from compiler.matching import (
     selects,
 )
 from compiler.model import Direction, Family, NetworkPolicyPort, Pod, Protocol
+from compiler.verdict import RuleRef, Side, Verdict
 
 __all__ = [
     "Address",
@@ -79,56 +80,6 @@ class Peer:
     namespace: str | None = None
     pod: str | None = None
     ip: str | None = None
-
-
-@dataclass(frozen=True, order=True)
-class RuleRef:
-    """A rule of a policy: ``index`` into ``spec.ingress`` or ``spec.egress``."""
-
-    policy: str
-    direction: Direction
-    index: int
-
-    def __str__(self) -> str:
-        return f"{self.policy} {self.direction} rule {self.index}"
-
-
-@dataclass(frozen=True)
-class Side:
-    """The verdict of one side: the source's egress or the destination's ingress.
-
-    ``isolating`` names the policies that isolate the pod in this direction, ``allowed_by`` every
-    rule of theirs that allows the connection. ``exempt`` says why policy does not decide this side
-    (not a pod, a host-network pod, traffic from the pod's own node or to itself); ``hints`` are
-    near misses (rules that match the peer but not the port, or the reverse), for people.
-    """
-
-    direction: Direction
-    isolated: bool
-    isolating: tuple[str, ...]
-    allowed_by: tuple[RuleRef, ...]
-    allowed: bool
-    subject: str = ""
-    exempt: str = ""
-    hints: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """Whether the connection is allowed (both sides allow it), each side's reasons, and what was asked."""
-
-    allowed: bool
-    egress: Side
-    ingress: Side
-    src: str = ""
-    dst: str = ""
-    protocol: Protocol = "TCP"
-    port: int = 0
-    family: Family = 4
-
-    def explain(self) -> str:
-        """A few lines for a terminal: the verdict, then which policy and rule decided each side."""
-        return explain.render(self)
 
 
 # --- evaluate -----------------------------------------------------------------------------------------
