@@ -17,15 +17,15 @@ resulting model (tests/unit/test_incremental.py checks it on random changes), an
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from compiler import naming
 from compiler.cluster import ClusterModel, with_cni_addresses
-from compiler.ir import Chain, MapEntry, NodePlan, PlanSet, Verdict, VerdictMap
-from compiler.model import Pod
-from compiler.nodestate import NodeState
-from compiler.peersets import CidrSetSpec, Element
-from compiler.podindex import addr_key, family_of, pod_addresses
+from compiler.ir import DIRECTIONS, Chain, MapEntry, NodePlan, PlanSet, VerdictMap
+from compiler.model import Direction, Family, Pod
+from compiler.nodestate import NodeState, StateChange
+from compiler.podindex import addr_key, family_of
 from compiler.render_json import (
     chain_json,
     elements_cmd,
@@ -71,42 +71,25 @@ class PlanDelta:
         )
 
 
-@dataclass
-class _Journal:
-    sets: set[str]
-    chains: set[str]
-    elements: dict[str, frozenset[Element]] = field(default_factory=dict)
-    maps: dict[str, dict[str, Verdict]] = field(default_factory=dict)
-
-
-class NodeCompiler(NodeState):
+class NodeCompiler:
     """A node's compiled state that follows pod churn; ``plan`` is always the full current plan.
 
     Pods are identified by UID: an event about a pod names it by ``metadata.uid``, so a late
     DELETE of a pod's previous incarnation (a StatefulSet pod re-created under the same name)
     removes that incarnation only. Addresses the CNI plugin reports (:meth:`update_cni`) apply
-    by the rules of :mod:`compiler.cluster`.
+    by the rules of :mod:`compiler.cluster`. The compiled state is a
+    :class:`~compiler.nodestate.NodeState`; this class keeps the pods as the API and the CNI
+    plugin show them and turns each change of the state into a :class:`PlanDelta`.
     """
 
     def __init__(self, model: ClusterModel, *, node: str) -> None:
-        self._journal: _Journal | None = None
         self._api: dict[str, Pod] = {p.uid: p for p in model.api_pods}
         self._cni: dict[str, tuple[str, ...]] = dict(model.cni_addresses)
-        super().__init__(model, node=node)
+        self._state = NodeState(model, node=node)
 
     @property
     def plan(self) -> NodePlan:
-        return self.snapshot()
-
-    def touch_set(self, name: str) -> None:
-        j = self._journal
-        if j is not None and name not in j.elements and name in self.elements:
-            j.elements[name] = frozenset(self.elements[name])
-
-    def touch_map(self, name: str) -> None:
-        j = self._journal
-        if j is not None and name not in j.maps:
-            j.maps[name] = dict(self.maps[name])
+        return self._state.snapshot()
 
     def update_pod(self, old: Pod | None, new: Pod | None) -> PlanDelta:
         """Apply one pod event, as the API shows the pod: added (old None), deleted (new None) or
@@ -137,82 +120,68 @@ class NodeCompiler(NodeState):
             self._cni.pop(uid, None)
         return self._replace(uid) if uid in self._api else PlanDelta()
 
-    def _replace(self, key: str) -> PlanDelta:
-        """Make the index's pod ``key`` (a UID) the current effective pod, and record the delta."""
-        api = self._api.get(key)
-        new = None if api is None else with_cni_addresses(api, self._cni.get(key))
-        self._journal = _Journal(sets=set(self.specs), chains=set(self.chains))
-        self._snapshot = None
-        try:
-            addresses = set(self.index.addresses(key)) | set(pod_addresses(new) if new is not None else ())
-            owners_before = {self.index.owner.get(a) for a in addresses}
-            before = self._contributions(addresses)
-            self.index.remove(key)
-            if new is not None:
-                self.index.add(new)
-            after = self._contributions(addresses)
-            for name in sorted(before.keys() | after.keys()):
-                gone = before.get(name, set()) - after.get(name, set())
-                came = after.get(name, set()) - before.get(name, set())
-                if gone or came:
-                    self.touch_set(name)
-                    self.elements[name] -= gone
-                    self.elements[name] |= came
-            owners_after = {self.index.owner.get(a) for a in addresses}
-            self.refresh_locals(k for k in {key, *owners_before, *owners_after} if k is not None)
-            return self._delta(self._journal)
-        finally:
-            self._journal = None
+    def _replace(self, uid: str) -> PlanDelta:
+        """Make pod ``uid``'s effective form (API object and CNI addresses) the state's, and
+        return the delta."""
+        api = self._api.get(uid)
+        new = None if api is None else with_cni_addresses(api, self._cni.get(uid))
+        return self._delta(self._state.replace_pod(uid, new))
 
-    def _contributions(self, addresses: set[str]) -> dict[str, set[Element]]:
-        """Per pod-dependent set, the elements these addresses put in it now."""
-        out: dict[str, set[Element]] = {}
-        families = {family_of(a) for a in addresses}
-        for name, spec in self.specs.items():
-            if isinstance(spec, CidrSetSpec) or spec.family not in families:
-                continue
-            found: set[Element] = set()
-            for address in addresses:
-                found |= self.selection.contribution(spec, address)
-            if found:
-                out[name] = found
-        return out
-
-    def _delta(self, j: _Journal) -> PlanDelta:
-        added_sets = sorted(set(self.specs) - j.sets)
-        deleted_sets = sorted(j.sets - set(self.specs))
+    def _delta(self, change: StateChange) -> PlanDelta:
+        store, dispatch = self._state.store, self._state.dispatch
+        sets_now, chains_now = set(store.specs), set(store.chains)
+        deleted_sets = change.sets_before - sets_now
         delete_elements: list[PlanSet] = []
         add_elements: list[PlanSet] = []
-        for name in sorted(j.elements):
-            if name in deleted_sets or name in added_sets or name not in self.elements:
+        for name, (left, came) in change.elements.items():
+            if name in deleted_sets:
                 continue
-            now, was = self.elements[name], j.elements[name]
-            if was - now:
-                delete_elements.append(self.plan_set(name, was - now))
-            if now - was:
-                add_elements.append(self.plan_set(name, now - was))
-        delete_entries: list[VerdictMap] = []
-        add_entries: list[VerdictMap] = []
-        for name in sorted(j.maps):
-            was_map, now_map = j.maps[name], self.maps[name]
-            gone = [a for a, v in was_map.items() if now_map.get(a) != v]
-            came = [a for a, v in now_map.items() if was_map.get(a) != v]
-            if gone:
-                # Deleting takes the key only; the verdict shown is the one being replaced.
-                family, direction = self.map_shapes[name]
-                entries = tuple(MapEntry(a, was_map[a]) for a in sorted(gone, key=addr_key))
-                delete_entries.append(VerdictMap(name, family, direction, entries))
+            if left:
+                delete_elements.append(store.plan_set(name, left))
             if came:
-                add_entries.append(self.plan_map(name, came))
+                add_elements.append(store.plan_set(name, came))
+        # Dispatch: per address, the map entries and local-pods set membership that changed.
+        local_gone: dict[Family, list[str]] = {}
+        local_came: dict[Family, list[str]] = {}
+        map_gone: dict[tuple[Direction, Family], list[MapEntry]] = {}
+        map_came: dict[tuple[Direction, Family], list[str]] = {}
+        for address, was in change.dispatch_before.items():
+            now = dispatch.lookup(address)
+            if was == now:
+                continue
+            family = family_of(address)
+            if now is None:
+                local_gone.setdefault(family, []).append(address)
+            elif was is None:
+                local_came.setdefault(family, []).append(address)
+            for slot, direction in enumerate(DIRECTIONS):
+                old_verdict = None if was is None else was[slot]
+                new_verdict = None if now is None else now[slot]
+                if old_verdict == new_verdict:
+                    continue
+                if old_verdict is not None:
+                    # Deleting takes the key only; the verdict shown is the one being replaced.
+                    map_gone.setdefault((direction, family), []).append(MapEntry(address, old_verdict))
+                if new_verdict is not None:
+                    map_came.setdefault((direction, family), []).append(address)
+        delete_elements += [dispatch.local_set(f, addresses) for f, addresses in local_gone.items()]
+        add_elements += [dispatch.local_set(f, addresses) for f, addresses in local_came.items()]
+        delete_entries = [
+            VerdictMap(
+                naming.dispatch_map(d, f), f, d, tuple(sorted(entries, key=lambda e: addr_key(e.address)))
+            )
+            for (d, f), entries in map_gone.items()
+        ]
+        add_entries = [dispatch.plan_map(d, f, addresses) for (d, f), addresses in map_came.items()]
         return PlanDelta(
-            add_sets=tuple(self.plan_set(n) for n in added_sets),
-            add_chains=tuple(self.chains[n] for n in sorted(set(self.chains) - j.chains)),
-            delete_elements=tuple(delete_elements),
-            add_elements=tuple(add_elements),
-            delete_map_entries=tuple(delete_entries),
-            add_map_entries=tuple(add_entries),
-            delete_chains=tuple(sorted(j.chains - set(self.chains))),
-            delete_sets=tuple(deleted_sets),
+            add_sets=tuple(store.plan_set(n) for n in sorted(sets_now - change.sets_before)),
+            add_chains=tuple(store.chains[n] for n in sorted(chains_now - change.chains_before)),
+            delete_elements=tuple(sorted(delete_elements, key=lambda s: s.name)),
+            add_elements=tuple(sorted(add_elements, key=lambda s: s.name)),
+            delete_map_entries=tuple(sorted(delete_entries, key=lambda m: m.name)),
+            add_map_entries=tuple(sorted(add_entries, key=lambda m: m.name)),
+            delete_chains=tuple(sorted(change.chains_before - chains_now)),
+            delete_sets=tuple(sorted(deleted_sets)),
         )
 
 

@@ -1,0 +1,134 @@
+"""The node's per-pod chains and the peer sets they use, each alive while something refers to it.
+
+A per-pod chain lives while a local pod dispatches to it; a peer set lives while a chain uses it.
+Both are counted with :class:`compiler.refcount.RefCount`. A peer set's elements are the owned
+addresses (or address . protocol . port tuples) of the pods it selects, filled from
+:class:`compiler.peersets.Selection` when the set is created and kept current on pod churn by
+:meth:`ChainStore.update_elements`; ipBlock sets have no elements here (their intervals are
+fixed by the policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from compiler import naming
+from compiler.errors import InternalError
+from compiler.ir import AddrPortElement, AddrPortSet, AddrSet, Chain, IntervalSet, PlanSet
+from compiler.peersets import CidrSetSpec, Element, PodSetSpec, Selection, SetSpec, intervals, spec_key
+from compiler.podchains import ChainBuild
+from compiler.podindex import addr_key, family_of
+from compiler.refcount import RefCount
+
+
+class ChainStore:
+    """Per-pod chains and peer sets by name, created on first reference and dropped on the last."""
+
+    def __init__(self, selection: Selection) -> None:
+        self._selection = selection
+        self._chains: dict[str, Chain] = {}
+        self._chain_sets: dict[str, tuple[SetSpec, ...]] = {}
+        self._chain_refs: RefCount[str] = RefCount()
+        self._specs: dict[str, SetSpec] = {}
+        self._elements: dict[str, set[Element]] = {}
+        self._set_refs: RefCount[str] = RefCount()
+
+    @property
+    def chains(self) -> Mapping[str, Chain]:
+        return self._chains
+
+    @property
+    def specs(self) -> Mapping[str, SetSpec]:
+        return self._specs
+
+    def elements(self, name: str) -> set[Element]:
+        """The elements of peer set ``name`` (empty for an ipBlock set). Read only."""
+        return self._elements.get(name, set())
+
+    # --- references ----------------------------------------------------------------------------------
+
+    def acquire(self, build: ChainBuild) -> None:
+        """One more pod dispatches to this chain; the first creates it and refers to its sets."""
+        chain, specs = build
+        existing = self._chains.get(chain.name)
+        if existing is not None and existing is not chain and existing != chain:
+            raise InternalError(f"chain name collision: {chain.name}")
+        if self._chain_refs.acquire(chain.name):
+            self._chains[chain.name] = chain
+            self._chain_sets[chain.name] = specs
+            for spec in specs:
+                self._acquire_set(spec)
+
+    def release(self, name: str) -> None:
+        """One pod fewer dispatches to chain ``name``; the last drops it and its unused sets."""
+        if self._chain_refs.release(name):
+            del self._chains[name]
+            for spec in self._chain_sets.pop(name):
+                if self._set_refs.release(spec.name):
+                    del self._specs[spec.name]
+                    self._elements.pop(spec.name, None)
+
+    def _acquire_set(self, spec: SetSpec) -> None:
+        existing = self._specs.get(spec.name)
+        if existing is not None and spec_key(existing) != spec_key(spec):
+            raise InternalError(f"set name collision: {spec.name}")
+        if self._set_refs.acquire(spec.name):
+            self._specs[spec.name] = spec
+            if not isinstance(spec, CidrSetSpec):
+                self._elements[spec.name] = self._selection.elements(spec)
+
+    # --- pod churn ---------------------------------------------------------------------------------------
+
+    def contributions(self, addresses: Iterable[str]) -> dict[str, set[Element]]:
+        """Per pod-dependent set, the elements these addresses put in it as the index stands now."""
+        addresses = set(addresses)
+        families = {family_of(a) for a in addresses}
+        out: dict[str, set[Element]] = {}
+        for name, spec in self._specs.items():
+            if isinstance(spec, CidrSetSpec) or spec.family not in families:
+                continue
+            found: set[Element] = set()
+            for address in addresses:
+                found |= self._selection.contribution(spec, address)
+            if found:
+                out[name] = found
+        return out
+
+    def update_elements(
+        self, name: str, *, gone: set[Element], came: set[Element]
+    ) -> tuple[set[Element], set[Element]]:
+        """Remove ``gone`` from set ``name`` and add ``came``; return what actually left and came."""
+        elements = self._elements[name]
+        left, added = gone & elements, came - elements
+        elements -= left
+        elements |= added
+        return left, added
+
+    # --- the plan's view -------------------------------------------------------------------------------
+
+    def plan_set(self, name: str, elements: Iterable[Element] | None = None) -> PlanSet:
+        """Set ``name`` as the plan shows it; with ``elements``, holding only those (for deltas)."""
+        spec = self._specs[name]
+        chosen = self._elements.get(name, set()) if elements is None else set(elements)
+        return _plan_set(spec, chosen)
+
+
+def sorted_addrs(elements: Iterable[Element]) -> tuple[str, ...]:
+    return tuple(sorted((e for e in elements if isinstance(e, str)), key=addr_key))
+
+
+def _plan_set(spec: SetSpec, elements: set[Element]) -> PlanSet:
+    if isinstance(spec, CidrSetSpec):
+        return IntervalSet(
+            spec.name, spec.family, intervals(spec.peer.spans(spec.family), spec.family), spec.peer.note
+        )
+    if isinstance(spec, PodSetSpec):
+        return AddrSet(spec.name, spec.family, sorted_addrs(elements), spec.peer.note)
+    tuples = sorted((e for e in elements if isinstance(e, tuple)), key=lambda e: (addr_key(e[0]), e[1], e[2]))
+    ports = ", ".join(f"{proto}/{name}" for proto, name in spec.ports)
+    return AddrPortSet(
+        spec.name,
+        spec.family,
+        tuple(AddrPortElement(a, proto, port) for a, proto, port in tuples),
+        naming.note(f"named ports {ports} of {spec.peer.note}"),
+    )
