@@ -36,6 +36,7 @@ from compiler.ir import (
     Icmpv6TypeIn,
     IifLoopback,
     Rule,
+    SaddrDaddrInSet,
     VmapLookup,
 )
 from compiler.model import Direction, Family
@@ -86,6 +87,23 @@ def _dispatch(field: AddrField) -> list[Rule]:
     ]
 
 
+def _hairpin() -> list[Rule]:
+    """A pod may always reach itself (DESIGN.md), also through a Service: the packet leaves the
+    pod for a virtual IP, kube-proxy's DNAT sends it back to the same pod, and here it carries
+    source = destination = the pod's address. The pod's own ingress (and egress) chain must not
+    judge it, so such pairs are accepted before dispatch. Only local pods' pairs are listed: a
+    pod's hairpin traffic comes back through its own node. Not needed in ``input``: a packet to
+    the node's own address never has a pod's address as destination."""
+    return [
+        Rule(
+            (SaddrDaddrInSet(family, naming.hairpin_set(family)),),
+            ACCEPT,
+            "hairpin: a pod may always reach itself, also through a Service",
+        )
+        for family in FAMILIES
+    ]
+
+
 _ESTABLISHED = Rule(
     (CtStateIn(("established", "related")),), ACCEPT, "replies and related traffic are never policy-checked"
 )
@@ -126,6 +144,7 @@ def base_chains(cidr_families: tuple[Family, ...]) -> tuple[Chain, ...]:
             _ESTABLISHED,
             Rule((CtStateIn(("invalid",)),), DROP, "conntrack cannot place it: never a new connection"),
             *_fail_closed(naming.CHAIN_FORWARD, cidr_families),
+            *_hairpin(),
             *_dispatch("saddr"),
             *_dispatch("daddr"),
         ),

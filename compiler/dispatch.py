@@ -3,7 +3,9 @@
 For every address a local pod owns, the dispatch maps (one per direction and family) hold the
 verdict the base chains look up: a jump to the pod's chain, or, for a pod no policy isolates in
 that direction, ``accept`` (ingress) or ``continue`` (egress, so the ingress stage still runs).
-The local-pods sets hold the same addresses; the fail-closed rules compare against them.
+The local-pods sets hold the same addresses; the fail-closed rules compare against them. The
+hairpin sets hold each of them paired with itself, so that a pod's traffic to itself through a
+Service is accepted before any per-pod chain (:mod:`compiler.basechains`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from compiler.ir import (
     AddrSet,
     LocalPod,
     MapEntry,
+    SelfPairSet,
     Verdict,
     VerdictMap,
     jump,
@@ -94,6 +97,12 @@ class Dispatch:
             addresses = (a for a in self._by_address if family_of(a) == family)
         ordered = tuple(sorted(addresses, key=addr_key))
         return AddrSet(naming.local_set(family), family, ordered, "addresses of local pods")
+
+    def hairpin_set(self, family: Family, addresses: Iterable[str] | None = None) -> SelfPairSet:
+        """The hairpin set of ``family``: each local address paired with itself; with
+        ``addresses``, holding only their pairs (for deltas)."""
+        local = self.local_set(family, addresses)
+        return SelfPairSet(naming.hairpin_set(family), family, local.elements, "local pods, each to itself")
 
     def local_pods(self) -> tuple[LocalPod, ...]:
         return tuple(

@@ -164,8 +164,10 @@ class NodeCompiler:
                     map_gone.setdefault((direction, family), []).append(MapEntry(address, old_verdict))
                 if new_verdict is not None:
                     map_came.setdefault((direction, family), []).append(address)
-        delete_elements += [dispatch.local_set(f, addresses) for f, addresses in local_gone.items()]
-        add_elements += [dispatch.local_set(f, addresses) for f, addresses in local_came.items()]
+        for f, addresses in local_gone.items():
+            delete_elements += [dispatch.local_set(f, addresses), dispatch.hairpin_set(f, addresses)]
+        for f, addresses in local_came.items():
+            add_elements += [dispatch.local_set(f, addresses), dispatch.hairpin_set(f, addresses)]
         delete_entries = [
             VerdictMap(
                 naming.dispatch_map(d, f), f, d, tuple(sorted(entries, key=lambda e: addr_key(e.address)))

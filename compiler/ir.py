@@ -63,6 +63,14 @@ class DaddrProtoPortInSet:
 
 
 @dataclass(frozen=True)
+class SaddrDaddrInSet:
+    """``ip saddr . ip daddr @set``: the (source, destination) pair is in a set of pairs."""
+
+    family: Family
+    set_name: str
+
+
+@dataclass(frozen=True)
 class CtStateIn:
     states: tuple[str, ...]
 
@@ -87,6 +95,7 @@ Match = (
     | DportIn
     | L4protoIn
     | DaddrProtoPortInSet
+    | SaddrDaddrInSet
     | CtStateIn
     | IifLoopback
     | FibSaddrIifMissing
@@ -200,7 +209,18 @@ class AddrPortSet:
     note: str = ""
 
 
-PlanSet = AddrSet | IntervalSet | AddrPortSet
+@dataclass(frozen=True)
+class SelfPairSet:
+    """A set of ``address . address`` pairs (type ``ipv4_addr . ipv4_addr``), each address paired
+    with itself: ``elements`` lists the addresses."""
+
+    name: str
+    family: Family
+    elements: tuple[str, ...]
+    note: str = ""
+
+
+PlanSet = AddrSet | IntervalSet | AddrPortSet | SelfPairSet
 
 
 @dataclass(frozen=True)

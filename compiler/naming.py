@@ -81,6 +81,11 @@ def local_set(family: Family) -> str:
     return f"local-pods-v{family}"
 
 
+def hairpin_set(family: Family) -> str:
+    """(address . address) of each local pod: a packet from a pod to itself, back through a Service."""
+    return f"hairpin-v{family}"
+
+
 def podcidr_set(family: Family) -> str:
     """The node's podCIDRs."""
     return f"podcidrs-v{family}"

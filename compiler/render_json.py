@@ -34,6 +34,8 @@ from compiler.ir import (
     PlanSet,
     PortRange,
     Rule,
+    SaddrDaddrInSet,
+    SelfPairSet,
     Verdict,
     VerdictMap,
     VmapLookup,
@@ -76,6 +78,9 @@ def match_json(m: Match) -> Json:
             ]
         }
         return _eq(key, f"@{m.set_name}")
+    if isinstance(m, SaddrDaddrInSet):
+        ip = ip_keyword(m.family)
+        return _eq({"concat": [_payload(ip, "saddr"), _payload(ip, "daddr")]}, f"@{m.set_name}")
     if isinstance(m, CtStateIn):
         states: Any = m.states[0] if len(m.states) == 1 else list(m.states)
         return _eq({"ct": {"key": "state"}}, states, op="in")
@@ -129,6 +134,8 @@ def set_elements(s: PlanSet) -> list[Any]:
         return list(s.elements)
     if isinstance(s, IntervalSet):
         return [_interval(i) for i in s.elements]
+    if isinstance(s, SelfPairSet):
+        return [{"concat": [a, a]} for a in s.elements]
     return [{"concat": [e.address, e.protocol.lower(), e.port]} for e in s.elements]
 
 
@@ -136,6 +143,8 @@ def set_json(s: PlanSet) -> Json:
     body: Json = {"family": FAMILY, "table": TABLE, "name": s.name}
     if isinstance(s, AddrPortSet):
         body["type"] = [addr_type(s.family), "inet_proto", "inet_service"]
+    elif isinstance(s, SelfPairSet):
+        body["type"] = [addr_type(s.family), addr_type(s.family)]
     else:
         body["type"] = addr_type(s.family)
     if isinstance(s, IntervalSet):

@@ -33,6 +33,8 @@ from compiler.ir import (
     PlanSet,
     PortRange,
     Rule,
+    SaddrDaddrInSet,
+    SelfPairSet,
     Verdict,
     VerdictMap,
     VmapLookup,
@@ -59,6 +61,9 @@ def match_text(m: Match) -> str:
         return f"meta l4proto {_one_or_set([p.lower() for p in m.protocols])}"
     if isinstance(m, DaddrProtoPortInSet):
         return f"{ip_keyword(m.family)} daddr . meta l4proto . th dport @{m.set_name}"
+    if isinstance(m, SaddrDaddrInSet):
+        ip = ip_keyword(m.family)
+        return f"{ip} saddr . {ip} daddr @{m.set_name}"
     if isinstance(m, CtStateIn):
         return f"ct state {','.join(m.states)}"
     if isinstance(m, IifLoopback):
@@ -96,6 +101,8 @@ def set_element_texts(s: PlanSet) -> list[str]:
         return list(s.elements)
     if isinstance(s, IntervalSet):
         return [_interval(i) for i in s.elements]
+    if isinstance(s, SelfPairSet):
+        return [f"{a} . {a}" for a in s.elements]
     return [f"{e.address} . {e.protocol.lower()} . {e.port}" for e in s.elements]
 
 
@@ -116,6 +123,8 @@ def _note(text: str, indent: str) -> list[str]:
 def set_text(s: PlanSet) -> list[str]:
     if isinstance(s, AddrPortSet):
         kind = f"{addr_type(s.family)} . inet_proto . inet_service"
+    elif isinstance(s, SelfPairSet):
+        kind = f"{addr_type(s.family)} . {addr_type(s.family)}"
     else:
         kind = addr_type(s.family)
     lines = [*_note(s.note, "\t"), f"\tset {s.name} {{", f"\t\ttype {kind}"]

@@ -29,6 +29,7 @@ def node_plan(
 ) -> NodePlan:
     sets: list[PlanSet] = [store.plan_set(name) for name in store.specs]
     sets += [dispatch.local_set(f) for f in FAMILIES]
+    sets += [dispatch.hairpin_set(f) for f in FAMILIES]
     for family in FAMILIES:
         if cidrs[family]:
             spans = intervals(cidrs[family], family)

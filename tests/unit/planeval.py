@@ -35,6 +35,8 @@ from compiler.ir import (
     L4protoIn,
     Match,
     NodePlan,
+    SaddrDaddrInSet,
+    SelfPairSet,
     Verdict,
     VmapLookup,
 )
@@ -63,6 +65,7 @@ class CompiledPlan:
         self.addrs: dict[str, frozenset[int]] = {}
         self.spans: dict[str, tuple[tuple[int, int], ...]] = {}
         self.tuples: dict[str, frozenset[tuple[int, str, int]]] = {}
+        self.pairs: dict[str, frozenset[tuple[int, int]]] = {}
         for s in plan.sets:
             if isinstance(s, AddrSet):
                 self.addrs[s.name] = frozenset(_int(a) for a in s.elements)
@@ -70,6 +73,8 @@ class CompiledPlan:
                 self.spans[s.name] = tuple((_int(i.first), _int(i.last)) for i in s.elements)
             elif isinstance(s, AddrPortSet):
                 self.tuples[s.name] = frozenset((_int(e.address), e.protocol, e.port) for e in s.elements)
+            elif isinstance(s, SelfPairSet):
+                self.pairs[s.name] = frozenset((_int(a), _int(a)) for a in s.elements)
         self.maps = {m.name: {_int(e.address): e.verdict for e in m.entries} for m in plan.maps}
         self.chains = {c.name: c for c in plan.chains}
 
@@ -99,6 +104,10 @@ def _matches(plan: CompiledPlan, m: Match, pkt: Packet) -> bool:
         if m.family != pkt.family:
             return False
         return (_int(pkt.daddr), pkt.protocol, pkt.dport) in plan.tuples[m.set_name]
+    if isinstance(m, SaddrDaddrInSet):
+        if m.family != pkt.family:
+            return False
+        return (_int(pkt.saddr), _int(pkt.daddr)) in plan.pairs[m.set_name]
     if isinstance(m, CtStateIn | IifLoopback | FibSaddrIifMissing | Icmpv6TypeIn):
         return False  # a new TCP/UDP/SCTP packet from a pod's veth, source not spoofed
     raise TypeError(m)

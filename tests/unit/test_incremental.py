@@ -143,14 +143,15 @@ def _relabel(p: Any, labels: dict[str, str]) -> Any:
         pytest.param(
             WEB,
             None,
-            {"delete_map_entries": 2, "delete_chains": 1, "delete_sets": 2, "delete_elements": 1},
+            # Its address leaves the local-pods and hairpin sets.
+            {"delete_map_entries": 2, "delete_chains": 1, "delete_sets": 2, "delete_elements": 2},
             id="last-pod-of-a-chain-leaves",
         ),
         pytest.param(
             CLIENT,
             pod("client", "10.244.1.30", labels={"app": "client"}),
-            # Dual-stack to v4-only at a new address: local and peer sets, all four maps.
-            {"delete_elements": 4, "add_elements": 2, "delete_map_entries": 4, "add_map_entries": 2},
+            # Dual-stack to v4-only at a new address: local, hairpin and peer sets, all four maps.
+            {"delete_elements": 6, "add_elements": 3, "delete_map_entries": 4, "add_map_entries": 2},
             id="local-pod-changes-address",
         ),
     ],
@@ -207,6 +208,7 @@ def test_delta_json_orders_objects_before_users() -> None:
     assert len(peer_sets) == 2
     removed = render_delta_json(compiler.update_pod(WEB, None))
     assert _verbs(removed) == [
+        ("delete", "element", "hairpin-v4"),
         ("delete", "element", "local-pods-v4"),
         ("delete", "element", "dispatch-egress-v4"),  # a map element is deleted by its key alone
         ("delete", "element", "dispatch-ingress-v4"),
@@ -214,16 +216,15 @@ def test_delta_json_orders_objects_before_users() -> None:
         ("delete", "chain", chain),
         *[("delete", "set", n) for n in peer_sets],  # no chain uses them any more
     ]
-    assert removed["nftables"][1]["delete"]["element"]["elem"] == ["10.244.1.2"]
+    assert removed["nftables"][0]["delete"]["element"]["elem"] == [{"concat": ["10.244.1.2", "10.244.1.2"]}]
+    assert removed["nftables"][2]["delete"]["element"]["elem"] == ["10.244.1.2"]
     added = render_delta_json(compiler.update_pod(None, WEB))
     assert [(v, k) for v, k, _ in _verbs(added)] == [
         ("add", "set"),
         ("add", "set"),
         ("add", "chain"),
         *[("add", "rule")] * 5,
-        ("add", "element"),
-        ("add", "element"),
-        ("add", "element"),
+        *[("add", "element")] * 4,  # hairpin and local-pods sets, two dispatch maps
     ]
 
 
