@@ -34,7 +34,7 @@ from pyroute2 import netns  # the bench may touch the world; the compiler never 
 
 from compiler.cluster import ClusterModel
 from compiler.incremental import NodeCompiler, render_delta_json
-from compiler.ir import AddrPortSet, AddrSet, IntervalSet, NodePlan
+from compiler.ir import NodePlan
 from compiler.model import Namespace, NetworkPolicy, Node, Pod
 from compiler.plan import build_plan
 from compiler.podindex import addr_key, normalize
@@ -253,10 +253,7 @@ def _ms(pair: tuple[float, float]) -> str:
 
 
 def sizes(plan: NodePlan, doc: dict[str, Any], text: str) -> dict[str, int]:
-    elements = 0
-    for s in plan.sets:
-        if isinstance(s, AddrSet | IntervalSet | AddrPortSet):
-            elements += len(s.elements)
+    elements = sum(len(s.elements) for s in plan.sets)
     return {
         "local pods": len(plan.local_pods),
         "chains (per-pod)": len(plan.pod_chains),
