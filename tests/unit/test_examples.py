@@ -174,8 +174,13 @@ READMES = sorted(
 
 
 @pytest.mark.parametrize("readme", READMES)
-def test_readme_commands_print_what_the_readme_shows(readme: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_commands_print_what_the_readme_shows(
+    readme: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.chdir(REPO)  # the READMEs use paths relative to the repository
+    # Files the READMEs write under /tmp/ go to this test's own directory: a /tmp/node-1.nft left by
+    # another user (or a parallel run) must not decide the outcome.
+    scratch = f"{tmp_path}/"
     monkeypatch.delenv("COLUMNS", raising=False)
     text = (REPO / readme).read_text()
     shown = _shown(text)
@@ -184,11 +189,11 @@ def test_readme_commands_print_what_the_readme_shows(readme: str, monkeypatch: p
     for item in shown:
         exit_match = _EXIT.search(item.command)
         expected_code = int(exit_match.group(1)) if exit_match else 0
-        argv = shlex.split(_EXIT.sub("", item.command))
+        argv = [a.replace("/tmp/", scratch) for a in shlex.split(_EXIT.sub("", item.command))]
         assert argv[0] == "stockade", item.command
         code, out, err = _run(argv[1:])
         assert code == expected_code, f"{item.command}\n{err}"
-        actual = err + out
+        actual = (err + out).replace(scratch, "/tmp/")
         if UPDATE:
             keep = actual if item.output else ""
             updated.append(text[last : item.start] + keep)
