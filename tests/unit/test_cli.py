@@ -904,13 +904,54 @@ def test_console_script() -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_offline_commands_import_no_node_side_packages() -> None:
+@pytest.mark.parametrize("argv", COMMANDS)
+def test_offline_commands_import_no_node_side_packages(argv: list[str]) -> None:
+    """So `pip install .` (without the node extra) is all the offline CLI needs."""
     code = (
         "import sys, controller.cli.main as m\n"
-        f"m.main(['matrix', {DEFAULT_DENY!r}])\n"
-        "node_side = ('kopf', 'pyroute2', 'nftables', 'kubernetes')\n"
+        f"assert m.main({[*argv, '-o', 'yaml']!r}) == 0\n"
+        "node_side = ('kopf', 'pyroute2', 'nftables', 'kubernetes', 'prometheus_client')\n"
         "bad = sorted(n for n in sys.modules if n.split('.')[0] in node_side)\n"
         "assert not bad, bad\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "exit_code", "stdout_start"),
+    [
+        pytest.param(
+            ["matrix", "-f", "-", "--ports", "9090"],
+            (EXAMPLES / "default-deny" / "pods.yaml").read_text(),
+            0,
+            "Connectivity (IPv4)",
+            id="matrix -f - (a pipe)",
+        ),
+        pytest.param(
+            [
+                "explain",
+                THREE_TIER,
+                "--from",
+                "web/web-1",
+                "--to",
+                "db/postgres-0",
+                "--port",
+                "5432",
+                "--exit-code",
+            ],
+            "",
+            1,
+            "BLOCKED",
+            id="explain --exit-code, blocked",
+        ),
+        pytest.param(["compile", DEFAULT_DENY, "-o", "yaml"], "", 0, "nftables:\n", id="compile -o yaml"),
+    ],
+)
+def test_console_script_as_a_user_runs_it(
+    argv: list[str], stdin: str, exit_code: int, stdout_start: str
+) -> None:
+    script = Path(sys.executable).parent / "stockade"
+    result = subprocess.run([str(script), *argv], input=stdin, capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stderr) == (exit_code, "")
+    assert result.stdout.startswith(stdout_start)
