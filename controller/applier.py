@@ -31,6 +31,7 @@ loop. The clock is injectable so tests can step through the backoff.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import threading
@@ -93,12 +94,14 @@ class ApplyResult:
 @dataclass(frozen=True)
 class DriftReport:
     """``checked`` is False when no plan was committed yet (nothing to compare with).
-    ``differences`` lists what differed, one line per object; ``repair`` says how it was fixed."""
+    ``differences`` lists what differed, one line per object; ``repair`` says how it was fixed.
+    ``retried``/``retry_error``: a pending plan the check tried first, and why it failed again."""
 
     checked: bool
     differences: tuple[str, ...] = ()
     repair: Literal["", "diff", "full"] = ""
-    retried: ApplyResult | None = None
+    retried: ApplyResult | None = None  # a pending plan the check tried (or deferred) first
+    retry_error: str = ""  # ... and why the kernel rejected it again
 
     @property
     def drifted(self) -> bool:
@@ -235,14 +238,14 @@ class Applier:
         committed plan and repair what differs. Raises :class:`KernelRejected` when the repair
         is rejected (the next check tries again)."""
         with self._lock:
-            retried = None
-            if self._wanted is not None and self._wanted is not self._committed:
+            retried, error = None, ""
+            if self.pending:
                 try:
                     retried = self._converge()
-                except KernelRejected:
-                    retried = None  # logged; the check below still guards the last good plan
+                except KernelRejected as exc:
+                    error = str(exc)  # logged; the check below still guards the last good plan
             report = self._check_committed()
-            return DriftReport(report.checked, report.differences, report.repair, retried)
+            return dataclasses.replace(report, retried=retried, retry_error=error)
 
     def _check_after_failure(self) -> None:
         try:
