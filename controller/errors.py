@@ -9,6 +9,7 @@ and raise from one place; what the controller adds is only what the compiler can
   kept verbatim); the ruleset the kernel held before is still in place;
 - :class:`CniProtocolError`: a message on the CNI socket that breaks the protocol (bad input
   from the peer), with the protocol's error code;
+- :class:`AgentRefused`: the agent answered the CNI client with an error code;
 - :class:`AgentUnavailable`: the CNI client could not get an answer from the agent in time;
 - :class:`InternalError` (re-exported): a bug in Stockade.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 from compiler.errors import InputError, InternalError, PeerError, Problem, StockadeError
 
 __all__ = [
+    "AgentRefused",
     "AgentUnavailable",
     "CniProtocolError",
     "InputError",
@@ -64,6 +66,15 @@ class CniProtocolError(StockadeError):
         self.code = code
         self.message = message
         super().__init__(f"{code}: {message}")
+
+
+class AgentRefused(CniProtocolError):
+    """The agent answered a CNI request with an error; ``supported`` lists the protocol versions
+    it speaks when it refused ours."""
+
+    def __init__(self, code: str, message: str, *, supported: tuple[int, ...] = ()) -> None:
+        super().__init__(code, message)
+        self.supported = supported
 
 
 class AgentUnavailable(StockadeError):
