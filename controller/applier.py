@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from compiler.ir import AddrPortSet, AddrSet, IntervalSet, NodePlan
-from compiler.plandiff import TableState, diff_plans, diff_states, plan_state
+from compiler.plandiff import TableState, diff_states, plan_state
 from compiler.render_json import render_json, table_json
 from controller.errors import KernelRejected
 from controller.kernelstate import KernelTable, RuleKey, differences, read_listing, rule_key
@@ -162,8 +162,9 @@ class Applier:
         if plan == self._failed_plan and self._retry_at is not None and now < self._retry_at:
             return ApplyResult("deferred", 0, 0.0, retry_in=self._retry_at - now)
         started = time.perf_counter()
+        state = plan_state(plan)
         try:
-            outcome, commands, fell_back = self._write(plan)
+            outcome, commands, fell_back = self._write(plan, state)
         except KernelRejected as exc:
             self._errors += 1
             self._failures += 1
@@ -178,23 +179,24 @@ class Applier:
         self._last_seconds = time.perf_counter() - started
         self._applies += 1
         self._failures, self._retry_at, self._failed_plan, self._rebuild = 0, None, None, False
-        self._committed, self._committed_state = plan, plan_state(plan)
+        self._committed, self._committed_state = plan, state
         return ApplyResult(outcome, commands, self._last_seconds, fell_back=fell_back)
 
-    def _write(self, plan: NodePlan) -> tuple[Outcome, int, bool]:
+    def _write(self, plan: NodePlan, state: TableState) -> tuple[Outcome, int, bool]:
         """Write ``plan`` by the cheapest windowless way; returns (outcome, commands, fell back)."""
-        if self._committed is None:
-            return self._adopt(plan)
+        if self._committed_state is None:
+            return self._adopt(plan, state)
         if self._rebuild:
             return "full", self._full(plan), False
-        doc = diff_plans(self._committed, plan)
+        # diff_plans(committed, plan), without converting the committed plan again.
+        doc = diff_states(self._committed_state, state)
         if not doc["nftables"]:
             return "unchanged", 0, False
         if self._try(doc, what="diff", plan=plan):
             return "diff", len(doc["nftables"]), False
         return "full", self._full(plan), True
 
-    def _adopt(self, plan: NodePlan) -> tuple[Outcome, int, bool]:
+    def _adopt(self, plan: NodePlan, state: TableState) -> tuple[Outcome, int, bool]:
         listing = self._nft.list_table()
         if listing is None:
             return "full", self._full(plan), False
@@ -202,7 +204,7 @@ class Applier:
         if kernel.foreign:
             log.warning("table inet stockade holds %s: replacing it whole", ", ".join(kernel.foreign))
             return "adopted", self._full(plan), False
-        doc = diff_states(kernel.state, plan_state(plan))
+        doc = diff_states(kernel.state, state)
         if not doc["nftables"]:
             return "adopted", 0, False
         if self._try(doc, what="adoption diff", plan=plan):
