@@ -1,0 +1,217 @@
+"""The agent's main loop: changes in, batches compiled off the loop, plans to the applier.
+
+Everything here runs on one asyncio loop except compiling, applying and checking, which run in
+one worker thread (so they never overlap and never stall the watches). The loop holds:
+
+- readiness: ready once the first plan built from the complete initial listing is applied, and
+  while the watches are healthy (a callable the operator wiring supplies);
+- CNI waiters: :meth:`Agent.program_pod` returns once an applied plan holds the pod;
+- retries: a failed apply is retried with backoff (the applier keeps the last good ruleset);
+- notices: after each full compile, new notices are posted as Events (off the loop too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from compiler.ir import NodePlan
+from controller.agent.debounce import Batch, Coalescer
+from controller.agent.engine import Compiled, Engine
+from controller.agent.metrics import AgentMetrics
+from controller.agent.notices import Notice, Noticeboard, notices
+from controller.agent.objects import Kind, Model
+from controller.agent.seams import PlanApplier, PodReport
+from controller.agent.store import Change, Store
+
+log = logging.getLogger(__name__)
+
+RETRY_BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)  # seconds; the applier falls back to a full rebuild
+
+
+class EventSink(Protocol):
+    def post(self, notice: Notice) -> None:
+        """Post one Event (blocking; called in a thread)."""
+        ...
+
+
+class Agent:
+    def __init__(
+        self,
+        *,
+        node: str,
+        applier: PlanApplier,
+        events: EventSink | None = None,
+        debounce: float = 0.01,
+        max_delay: float | None = None,
+        check_interval: float = 30.0,
+        watches_healthy: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.node = node
+        self.applier = applier
+        self.events = events
+        self.store = Store()
+        self.coalescer = Coalescer(
+            window=debounce, max_delay=max_delay if max_delay else max(10 * debounce, 0.1)
+        )
+        self.engine = Engine(node=node)
+        self.metrics = AgentMetrics(applier)
+        self.check_interval = check_interval
+        self.watches_healthy = watches_healthy
+        self.board = Noticeboard()
+        self.synced = asyncio.Event()
+        self.applied_plan: NodePlan | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stockade-{node}")
+        self._waiters: list[tuple[Callable[[NodePlan], bool], asyncio.Future[None]]] = []
+        self._failures = 0
+
+    # --- readiness -------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        ok = self.applied_plan is not None and self.watches_healthy()
+        self.metrics.ready.set(1 if ok else 0)
+        return ok
+
+    # --- changes in ------------------------------------------------------------------------------
+
+    def _add(self, change: Change | None, arrived: float | None) -> None:
+        if change is not None:
+            self.coalescer.add(change, arrived=arrived)
+
+    def seed(self, objects: Iterable[tuple[Kind, Model]]) -> None:
+        """The complete initial listing: from now on a plan means the whole cluster."""
+        for kind, obj in objects:
+            self._add(self.store.upsert(kind, obj), None)
+        self.synced.set()
+        self.coalescer.touch()
+
+    def observe(
+        self, kind: Kind, obj: Model | None, *, uid: str, deleted: bool, arrived: float | None = None
+    ) -> None:
+        """One watch event: ``obj`` is the object as it is now (None when it could not be read,
+        which counts as gone: an object the compiler cannot read must not keep old rules)."""
+        self.metrics.watch_events.labels(kind=kind).inc()
+        if deleted or obj is None:
+            self._add(self.store.delete(kind, uid), arrived)
+        else:
+            self._add(self.store.upsert(kind, obj), arrived)
+
+    # --- the CNI sink ----------------------------------------------------------------------------
+
+    async def program_pod(self, report: PodReport) -> None:
+        """Return once an applied plan dispatches the pod's addresses (the caller bounds the wait).
+        A report for a pod the API has not shown yet is kept, and the wait lasts until it has."""
+        key = f"{report.namespace}/{report.name}"
+
+        def holds(plan: NodePlan) -> bool:
+            return any(p.key == key and p.addresses for p in plan.local_pods)
+
+        change = self.store.report_cni(report.uid, tuple(report.addresses))
+        self._add(change, None)
+        if change is None and self.applied_plan is not None and holds(self.applied_plan):
+            return  # a repeated report (CNI ADD retried): already in the kernel
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((holds, future))
+        try:
+            await future
+        finally:
+            self._waiters = [(h, f) for h, f in self._waiters if f is not future]
+
+    async def forget_pod(self, uid: str) -> None:
+        self._add(self.store.report_cni(uid, ()), None)
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+
+    async def run(self) -> None:
+        """Compile and apply batches forever (cancel to stop)."""
+        checker = asyncio.create_task(self._check_loop(), name=f"stockade check {self.node}")
+        try:
+            await self.synced.wait()
+            while True:
+                await self.step(await self.coalescer.next_batch())
+        finally:
+            checker.cancel()
+            self._worker.shutdown(wait=False, cancel_futures=True)
+
+    async def step(self, batch: Batch) -> None:
+        snapshot = self.store.snapshot()
+        started = time.monotonic()
+        compiled: Compiled = await self._in_worker(self.engine.compile, batch, snapshot)
+        self.metrics.compile_seconds.observe(time.monotonic() - started)
+        if compiled.full:
+            self.metrics.full_compiles.inc()
+            assert compiled.model is not None
+            self._post(self.board.update(notices(compiled.model)))
+        if not await self._apply(compiled.plan):
+            for arrived in batch.arrivals:  # the retry carries them: latency counts to the kernel
+                self.coalescer.touch(arrived=arrived)
+            return
+        done = time.monotonic()
+        for arrived in batch.arrivals:
+            self.metrics.latency.observe(done - arrived)
+        for holds, future in self._waiters:
+            if not future.done() and holds(compiled.plan):
+                future.set_result(None)
+
+    async def _apply(self, plan: NodePlan) -> bool:
+        started = time.monotonic()
+        self.metrics.applies.inc()
+        try:
+            await self._in_worker(self.applier.apply, plan)
+        except Exception:
+            self.metrics.apply_errors.inc()
+            delay = RETRY_BACKOFF[min(self._failures, len(RETRY_BACKOFF) - 1)]
+            self._failures += 1
+            log.exception("applying the plan of node %s failed; retrying in %.2fs", self.node, delay)
+            await asyncio.sleep(delay)
+            return False
+        finally:
+            self.metrics.apply_seconds.observe(time.monotonic() - started)
+        self._failures = 0
+        self.applied_plan = plan
+        self.metrics.applied(plan)
+        return True
+
+    async def _check_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.check_interval)
+            if self.applied_plan is None:
+                continue
+            try:
+                await self._in_worker(self.applier.check)
+            except Exception:
+                log.exception("drift check of node %s failed; applying the plan again", self.node)
+                self.coalescer.touch()
+
+    # --- events ----------------------------------------------------------------------------------
+
+    def notice(self, notice: Notice) -> None:
+        """A notice found outside the model (kube-proxy's mode), posted once."""
+        if self.board.once(notice):
+            self._post([notice])
+
+    def _post(self, fresh: list[Notice]) -> None:
+        for n in fresh:
+            log.warning(
+                "%s %s/%s: %s: %s", n.ref.kind, n.ref.namespace or "", n.ref.name, n.reason, n.message
+            )
+        if self.events is None or not fresh:
+            return
+        sink = self.events
+
+        def post_all() -> None:
+            for n in fresh:
+                try:
+                    sink.post(n)
+                except Exception:
+                    log.exception("posting Event %s for %s %s failed", n.reason, n.ref.kind, n.ref.name)
+
+        asyncio.get_running_loop().run_in_executor(None, post_all)
