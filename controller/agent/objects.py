@@ -91,8 +91,6 @@ def parse(kind: Kind, body: Mapping[str, Any]) -> Model:
     """The compiler's model of ``body``; raises :class:`UnreadableObject`."""
     data = trimmed(kind, body)
     model = _MODELS[kind]
-        kind
-    ]
     try:
         return model.model_validate(data)
     except ValidationError as exc:
