@@ -193,10 +193,13 @@ class Agent:
 
     # --- events ----------------------------------------------------------------------------------
 
-    def notice(self, notice: Notice) -> None:
-        """A notice found outside the model (kube-proxy's mode), posted once."""
-        if self.board.once(notice):
-            self._post([notice])
+    def notice(self, notice: Notice) -> bool:
+        """A notice found outside the model (kube-proxy's mode, an unreadable object), posted
+        once; whether it was new."""
+        if not self.board.once(notice):
+            return False
+        self._post([notice])
+        return True
 
     def _post(self, fresh: list[Notice]) -> None:
         for n in fresh:
