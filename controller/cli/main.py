@@ -138,6 +138,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--output", dest="sub_output", choices=("text", "json"), default=None, help="text (default) or json"
     )
+
+    # Node-side: parsed here, run by controller.agent (imported only when asked for: kopf is slow
+    # to import and absent where only the offline commands are installed).
+    p = sub.add_parser("agent", help="run the node agent: watch the cluster, keep this node's nftables equal")
+    p.add_argument("--node", required=True, help="this node's name (the DaemonSet passes spec.nodeName)")
+    p.add_argument("--kubeconfig", help="a kubeconfig (default: in-cluster ServiceAccount, else $KUBECONFIG)")
+    p.add_argument(
+        "--listen",
+        default="0.0.0.0:9542",
+        help="ADDR:PORT of /healthz, /readyz and /metrics (default 0.0.0.0:9542)",
+    )
+    p.add_argument(
+        "--debounce-ms",
+        type=float,
+        default=10.0,
+        help="coalesce changes until none arrived for this long (default 10 ms)",
+    )
+    p.add_argument(
+        "--check-interval",
+        type=float,
+        default=30.0,
+        help="seconds between drift checks of the kernel (default 30)",
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
 
@@ -210,6 +234,10 @@ def main(
     except SystemExit as e:  # --help, --version, or a usage error argparse already printed
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
+        if args.command == "agent":
+            from controller.agent.main import main as agent_main  # noqa: PLC0415 - node-side, lazily
+
+            return agent_main(args)
         result = _run(args, stdin, stdout=stdout)
     except InputError as e:
         for problem in e.problems:
