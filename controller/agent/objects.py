@@ -43,8 +43,11 @@ _MODELS: dict[Kind, type[Model]] = {
 class UnreadableObject(StockadeError):
     """An object from the API that the compiler's model cannot hold; names the object."""
 
-    def __init__(self, kind: str, ref: str, cause: Exception) -> None:
-        super().__init__(f"{kind} {ref}: {cause}")
+    def __init__(self, kind: str, ref: str, cause: ValidationError) -> None:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in cause.errors(include_url=False)
+        )
+        super().__init__(f"{kind} {ref}: {fields}")
         self.kind = kind
         self.ref = ref
 
