@@ -16,7 +16,7 @@ import os
 import shutil
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from typing import TextIO
 
@@ -78,66 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("explain", help="may one endpoint reach another, and which policies say so")
     p.add_argument("paths", nargs="+", metavar="PATH", help=PATHS_HELP)
-    p.add_argument(
-        "--from", dest="src", required=True, metavar="NS/POD|IP", help="source pod, workload or address"
-    )
-    p.add_argument(
-        "--to", dest="dst", required=True, metavar="NS/POD|IP", help="destination pod, workload or address"
-    )
-    p.add_argument(
-        "--port", required=True, help="destination port: a number, or a container port name of --to"
-    )
-    p.add_argument("--protocol", type=_protocol, default="TCP", help="tcp (default), udp or sctp")
-    p.add_argument(
-        "--family",
-        type=int,
-        choices=(4, 6),
-        default=None,
-        help="4 or 6 (default: of the addresses given, else 4 unless the pods have IPv6 only)",
-    )
-    p.add_argument(
-        "--output", dest="sub_output", choices=("text", "json"), default=None, help="text (default) or json"
-    )
+    explain_options(p)
 
     p = sub.add_parser("matrix", help="who may reach whom: every pod (or workload) against every other")
     p.add_argument("paths", nargs="+", metavar="PATH", help=PATHS_HELP)
-    p.add_argument(
-        "--ports", help="e.g. 80,tcp/443,udp/53,sctp/9000 (default: the pods' container ports, else 80)"
-    )
-    p.add_argument(
-        "--family",
-        type=int,
-        choices=(4, 6),
-        default=None,
-        help="4 or 6 (default: 4, or 6 when the pods have IPv6 addresses only)",
-    )
-    p.add_argument(
-        "--output", dest="sub_output", choices=("text", "json"), default=None, help="text (default) or json"
-    )
+    matrix_options(p)
 
     p = sub.add_parser("diff", help="what changing OLD into NEW opens, closes, and does to a node's ruleset")
     p.add_argument("old", metavar="OLD", help="the manifests before: a file or directory")
     p.add_argument("new", metavar="NEW", help="the manifests after: a file or directory")
-    p.add_argument("--node", help="compare this node's ruleset (default: the only node, if there is one)")
-    p.add_argument(
-        "--fail-on",
-        choices=("widened", "any"),
-        default=None,
-        help="exit 1 if any pair gained access (widened), or on any change (any)",
-    )
-    p.add_argument(
-        "--ports", help="as for matrix (default: container ports and the ports policies name, on both sides)"
-    )
-    p.add_argument(
-        "--family",
-        type=int,
-        choices=(4, 6),
-        default=None,
-        help="4 or 6 (default: each that addresses and ipBlocks use)",
-    )
-    p.add_argument(
-        "--output", dest="sub_output", choices=("text", "json"), default=None, help="text (default) or json"
-    )
+    diff_options(p)
 
     # Node-side: parsed here, run by controller.agent (imported only when asked for: kopf is slow
     # to import and absent where only the offline commands are installed).
@@ -163,6 +113,71 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
+
+
+def explain_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``explain`` (shared with ``kubectl stockade explain``)."""
+    p.add_argument(
+        "--from", dest="src", required=True, metavar="NS/POD|IP", help="source pod, workload or address"
+    )
+    p.add_argument(
+        "--to", dest="dst", required=True, metavar="NS/POD|IP", help="destination pod, workload or address"
+    )
+    p.add_argument(
+        "--port", required=True, help="destination port: a number, or a container port name of --to"
+    )
+    p.add_argument("--protocol", type=_protocol, default="TCP", help="tcp (default), udp or sctp")
+    p.add_argument(
+        "--family",
+        type=int,
+        choices=(4, 6),
+        default=None,
+        help="4 or 6 (default: of the addresses given, else 4 unless the pods have IPv6 only)",
+    )
+    p.add_argument(
+        "--output", dest="sub_output", choices=("text", "json"), default=None, help="text (default) or json"
+    )
+
+
+def matrix_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``matrix`` (shared with ``kubectl stockade matrix``)."""
+    p.add_argument(
+        "--ports", help="e.g. 80,tcp/443,udp/53,sctp/9000 (default: the pods' container ports, else 80)"
+    )
+    p.add_argument(
+        "--family",
+        type=int,
+        choices=(4, 6),
+        default=None,
+        help="4 or 6 (default: 4, or 6 when the pods have IPv6 addresses only)",
+    )
+    p.add_argument(
+        "--output", dest="sub_output", choices=("text", "json"), default=None, help="text (default) or json"
+    )
+
+
+def diff_options(p: argparse.ArgumentParser) -> None:
+    """Options of ``diff`` (shared with ``kubectl stockade diff``)."""
+    p.add_argument("--node", help="compare this node's ruleset (default: the only node, if there is one)")
+    p.add_argument(
+        "--fail-on",
+        choices=("widened", "any"),
+        default=None,
+        help="exit 1 if any pair gained access (widened), or on any change (any)",
+    )
+    p.add_argument(
+        "--ports", help="as for matrix (default: container ports and the ports policies name, on both sides)"
+    )
+    p.add_argument(
+        "--family",
+        type=int,
+        choices=(4, 6),
+        default=None,
+        help="4 or 6 (default: each that addresses and ipBlocks use)",
+    )
+    p.add_argument(
+        "--output", dest="sub_output", choices=("text", "json"), default=None, help="text (default) or json"
+    )
 
 
 def _width(stdout: TextIO) -> int:
@@ -233,30 +248,50 @@ def main(
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, or a usage error argparse already printed
         return e.code if isinstance(e.code, int) else EXIT_USAGE
-    try:
-        if args.command == "agent":
-            from controller.agent.main import main as agent_main  # noqa: PLC0415 - node-side, lazily
+    if args.command == "agent":
+        return finish(lambda: _agent(args), command=args.command, stdout=stdout, stderr=stderr)
+    return finish(
+        lambda: _run(args, stdin, stdout=stdout), command=args.command, stdout=stdout, stderr=stderr
+    )
 
-            return agent_main(args)
-        result = _run(args, stdin, stdout=stdout)
+
+def _agent(args: argparse.Namespace) -> int:
+    from controller.agent.main import main as agent_main  # noqa: PLC0415 - node-side, lazily
+
+    return agent_main(args)
+
+
+def finish(
+    run: Callable[[], offline.Result | int],
+    *,
+    command: str,
+    stdout: TextIO,
+    stderr: TextIO,
+    prog: str = "stockade",
+) -> int:
+    """Run a command and print its result, or its errors as the exit codes above say."""
+    try:
+        result = run()
+        if isinstance(result, int):
+            return result
     except InputError as e:
         for problem in e.problems:
             print(problem, file=stderr)
-        print(f"stockade: {len(e.problems)} problem(s) in the input; nothing was written", file=stderr)
+        print(f"{prog}: {len(e.problems)} problem(s) in the input; nothing was written", file=stderr)
         return EXIT_USAGE
     except UsageError as e:
         for line in str(e).splitlines():
-            print(f"stockade {args.command}: {line}", file=stderr)
+            print(f"{prog} {command}: {line}", file=stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except Exception as e:
         if isinstance(e, StockadeError) and not isinstance(e, InternalError):
             # A deliberate error the commands do not translate yet: the user's, not ours.
-            print(f"stockade {args.command}: {e}", file=stderr)
+            print(f"{prog} {command}: {e}", file=stderr)
             return EXIT_USAGE
         print(
-            f"stockade: internal error: {type(e).__name__}: {e}\n"
+            f"{prog}: internal error: {type(e).__name__}: {e}\n"
             "This is a bug in Stockade, not a problem with your input; please report it"
             " (set STOCKADE_DEBUG=1 for a traceback).",
             file=stderr,
@@ -265,7 +300,7 @@ def main(
             traceback.print_exc(file=stderr)
         return EXIT_INTERNAL
     for note in result.notes:
-        print(f"stockade: {note}", file=stderr)
+        print(f"{prog}: {note}", file=stderr)
     try:
         stdout.write(result.stdout)
         stdout.flush()
