@@ -180,7 +180,7 @@ def diff_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _width(stdout: TextIO) -> int:
+def terminal_width(stdout: TextIO) -> int:
     """The terminal's width, or 120 when stdout is not a terminal (so piped output is stable)."""
     if stdout.isatty():
         return shutil.get_terminal_size().columns
@@ -217,7 +217,12 @@ def _run(args: argparse.Namespace, stdin: TextIO, *, stdout: TextIO) -> offline.
         )
     if args.command == "matrix":
         return offline.matrix_command(
-            args.paths, ports=args.ports, family=args.family, fmt=fmt, width=_width(stdout), stdin=stdin
+            args.paths,
+            ports=args.ports,
+            family=args.family,
+            fmt=fmt,
+            width=terminal_width(stdout),
+            stdin=stdin,
         )
     if args.command == "diff":
         return offline.diff_command(
