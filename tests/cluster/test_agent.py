@@ -107,6 +107,14 @@ def cp() -> Iterator[ControlPlane]:
             {"metadata": {"name": "n2"}, "spec": {"podCIDR": "10.244.2.0/24", "podCIDRs": ["10.244.2.0/24"]}},
         )
         kube.create("/api/v1/namespaces", {"metadata": {"name": NS}})
+        # kube-proxy's configuration as kubeadm stores it, in IPVS mode: the agent must warn.
+        kube.create(
+            "/api/v1/namespaces/kube-system/configmaps",
+            {
+                "metadata": {"name": "kube-proxy"},
+                "data": {"config.conf": "kind: KubeProxyConfiguration\nmode: ipvs\n"},
+            },
+        )
         create_pod(kube, "web", ip="10.244.1.10", labels={"app": "web"})
         create_pod(kube, "client", ip="10.244.2.10", labels={"role": "client"}, node="n2")
         yield plane
@@ -257,6 +265,20 @@ def test_a_named_port_no_pod_declares_is_an_event_on_the_policy(
     assert "'metrics'" in event["message"]
     assert event["source"] == {"component": "stockade-agent", "host": NODE}
     kube.delete(f"{POLICIES}/named-port")
+
+
+def test_kube_proxy_in_ipvs_mode_is_a_warning_event_on_the_node(
+    agent: RunningAgent, cp: ControlPlane
+) -> None:
+    node_uid = cp.kube.get(f"/api/v1/nodes/{NODE}")["metadata"]["uid"]
+    deadline = time.monotonic() + 10
+    found: list[dict[str, Any]] = []
+    while not found and time.monotonic() < deadline:
+        events = cp.kube.get("/api/v1/namespaces/default/events")["items"]
+        found = [e for e in events if e["involvedObject"].get("uid") == node_uid]
+        time.sleep(0.1)
+    assert [(e["reason"], e["type"]) for e in found] == [("KubeProxyIPVS", "Warning")]
+    assert "ConfigMap kube-system/kube-proxy sets mode: ipvs" in found[0]["message"]
 
 
 def test_the_agent_writes_nothing_to_what_it_watches(
