@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import time
 from pathlib import Path
@@ -160,3 +161,31 @@ class ApiHealth:
             except Exception as exc:
                 log.warning("the API server did not answer: %s", exc)
             await asyncio.sleep(self.interval)
+
+
+# Metadata only: a resync needs the UIDs, not 10,000 pod specs.
+_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
+
+def list_uids(api: Any, path: str, *, page: int = 500) -> set[str]:
+    """UIDs of every object at the collection ``path`` (blocking; paged)."""
+    uids: set[str] = set()
+    token = ""
+    while True:
+        query = [("limit", str(page))] + ([("continue", token)] if token else [])
+        method, url, headers, _, _ = api.param_serialize(
+            "GET",
+            path,
+            query_params=query,
+            header_params={"Accept": _METADATA_LIST},
+            auth_settings=["BearerToken"],
+        )
+        response = api.call_api(method, url, header_params=headers, _request_timeout=60)
+        response.read()
+        if not 200 <= response.status < 300:
+            raise RuntimeError(f"listing {path}: {response.status} {response.reason}")
+        body = json.loads(response.data)
+        uids |= {item["metadata"]["uid"] for item in body.get("items") or []}
+        token = body.get("metadata", {}).get("continue", "")
+        if not token:
+            return uids

@@ -101,6 +101,23 @@ class Agent:
         else:
             self._add(self.store.upsert(kind, obj), arrived)
 
+    def known(self, kind: Kind) -> set[str]:
+        """UIDs of the objects of ``kind`` held now."""
+        return self.store.uids(kind)
+
+    def prune(self, kind: Kind, *, listed: set[str], known_before: set[str]) -> set[str]:
+        """Forget objects a fresh listing no longer shows.
+
+        A watch resumed after a long outage is a new listing, which shows what exists but says
+        nothing of what was deleted meanwhile. ``known_before`` are the UIDs held before that
+        listing was asked for: one of them missing from it was deleted before the listing, so
+        it goes; an object that arrived during the listing is not in ``known_before`` and stays.
+        """
+        stale = known_before - listed
+        for uid in sorted(stale):
+            self._add(self.store.delete(kind, uid), None)
+        return stale
+
     # --- the CNI sink ----------------------------------------------------------------------------
 
     async def program_pod(self, report: PodReport) -> None:
@@ -203,9 +220,8 @@ class Agent:
 
     def _post(self, fresh: list[Notice]) -> None:
         for n in fresh:
-            log.warning(
-                "%s %s/%s: %s: %s", n.ref.kind, n.ref.namespace or "", n.ref.name, n.reason, n.message
-            )
+            name = f"{n.ref.namespace}/{n.ref.name}" if n.ref.namespace else n.ref.name
+            log.warning("%s %s: %s: %s", n.ref.kind, name, n.reason, n.message)
         if self.events is None or not fresh:
             return
         sink = self.events

@@ -39,6 +39,13 @@ RESOURCES: dict[Kind, tuple[str, str, str]] = {
     "Namespace": ("v1", "namespaces", "v1"),
     "Node": ("v1", "nodes", "v1"),
 }
+COLLECTIONS: dict[Kind, str] = {
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/networkpolicies",
+    "Pod": "/api/v1/pods",
+    "Namespace": "/api/v1/namespaces",
+    "Node": "/api/v1/nodes",
+}
+RESYNC_INTERVAL = 300.0  # seconds; also right after the API server answers again after an outage
 
 
 class _NoProgress(kopf.ProgressStorage):
@@ -174,6 +181,40 @@ async def _kube_proxy_watch(agent: Agent, api: Any) -> None:
         await asyncio.sleep(300)
 
 
+async def resync(agent: Agent, api: Any) -> int:
+    """Forget objects deleted while the watches were away (see :meth:`Agent.prune`)."""
+    loop = asyncio.get_running_loop()
+    pruned = 0
+    for kind, path in COLLECTIONS.items():
+        before = agent.known(kind)
+        listed = await loop.run_in_executor(None, kube.list_uids, api, path)
+        stale = agent.prune(kind, listed=listed, known_before=before)
+        if stale:
+            log.info("resync: %d %s object(s) were deleted while unseen: %s", len(stale), kind, sorted(stale))
+        pruned += len(stale)
+    return pruned
+
+
+async def _resync_loop(agent: Agent, api: Any, health: kube.ApiHealth) -> None:
+    await agent.synced.wait()
+    last = time.monotonic()
+    was_healthy = True
+    while True:
+        await asyncio.sleep(1.0)
+        healthy = health.healthy()
+        recovered = healthy and not was_healthy
+        was_healthy = healthy
+        if not healthy or not (recovered or time.monotonic() - last >= RESYNC_INTERVAL):
+            continue
+        if recovered:
+            await asyncio.sleep(5.0)  # let kopf's watches re-list first
+        try:
+            await resync(agent, api)
+            last = time.monotonic()
+        except Exception:
+            log.exception("resync failed; trying again in a second")
+
+
 async def run(options: Options, applier: PlanApplier, *, stop: asyncio.Event | None = None) -> None:
     """Run the agent until ``stop`` is set (or SIGINT/SIGTERM in the main thread)."""
     cfg = kube.client_config(options.kubeconfig)
@@ -192,6 +233,7 @@ async def run(options: Options, applier: PlanApplier, *, stop: asyncio.Event | N
         asyncio.create_task(agent.run(), name="stockade agent"),
         asyncio.create_task(health.run(), name="stockade api health"),
         asyncio.create_task(_kube_proxy_watch(agent, api), name="stockade kube-proxy mode"),
+        asyncio.create_task(_resync_loop(agent, api, health), name="stockade resync"),
     ]
     log.info("agent for node %s: endpoints on %s:%d", options.node, *options.listen)
     try:

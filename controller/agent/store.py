@@ -69,6 +69,9 @@ class Store:
         }
         return tables[kind]
 
+    def uids(self, kind: Kind) -> set[str]:
+        return set(self._table(kind))
+
     def upsert(self, kind: Kind, obj: Model) -> Change | None:
         uid = obj.metadata.uid
         if not uid:

@@ -9,17 +9,23 @@ as a kubelet would report them. The kernel side is a recording applier (tests/cl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import kubernetes
 import pytest
 
 from compiler.ir import NodePlan
 from compiler.loader import load_manifests
 from compiler.plan import build_plan
+from controller.agent import kube as kube_client
+from controller.agent.loop import Agent
+from controller.agent.objects import parse
+from controller.agent.operator import resync
 from tests.cluster.agentrun import RecordingApplier, RunningAgent, running_agent
 from tests.cluster.apiserver import ControlPlane, control_plane, free_port
 from tests.cluster.lab.kube import MERGE, Kube
@@ -318,3 +324,28 @@ def test_metrics(agent: RunningAgent) -> None:
         "stockade_ready 1.0",
     ):
         assert name in text, name
+
+
+def test_resync_forgets_objects_deleted_while_unseen(cp: ControlPlane) -> None:
+    """After a long outage kopf re-lists without reporting deletions; the resync lists UIDs
+    (metadata only, paged) and forgets what is gone, keeping what exists."""
+    api = kube_client.client_config(str(cp.kubeconfig))
+    client = kubernetes.client.ApiClient(api)
+    try:
+        assert kube_client.list_uids(client, "/api/v1/namespaces", page=1) == {
+            ns["metadata"]["uid"] for ns in cp.kube.get("/api/v1/namespaces")["items"]
+        }
+
+        async def scenario() -> set[str]:
+            agent = Agent(node=NODE, applier=RecordingApplier())
+            live = cp.kube.get(f"/api/v1/namespaces/{NS}/pods")["items"][0]
+            stale = {**live, "metadata": {**live["metadata"], "uid": "deleted-while-away", "name": "ghost"}}
+            agent.seed([("Pod", parse("Pod", live)), ("Pod", parse("Pod", stale))])
+            await resync(agent, client)
+            return agent.known("Pod")
+
+        held = asyncio.run(scenario())
+    finally:
+        client.close()  # type: ignore[no-untyped-call]
+    assert "deleted-while-away" not in held
+    assert held  # the pod that exists stays

@@ -269,3 +269,19 @@ def test_applier_readings_are_exposed() -> None:
     assert f"stockade_policy_rule_packets_total{{{labels}}} 5.0" in text[0]
     assert f"stockade_policy_rule_bytes_total{{{labels}}} 300.0" in text[0]
     assert "stockade_drift_repairs_total 3.0" in text[0]
+
+
+def test_prune_forgets_what_a_fresh_listing_no_longer_shows_and_keeps_late_arrivals() -> None:
+    async def scenario(h: Harness) -> None:
+        gone, kept, late = pod_body("gone"), pod_body("kept"), pod_body("late")
+        h.put(gone, kept)
+        await h.settle()
+        before = h.agent.known("Pod")
+        h.put(late)  # arrived while the listing was being made: not in it, not in before
+        h.objects.pop(gone["metadata"]["uid"])
+        stale = h.agent.prune("Pod", listed={kept["metadata"]["uid"]}, known_before=before)
+        assert stale == {gone["metadata"]["uid"]}
+        assert h.agent.known("Pod") == {kept["metadata"]["uid"], late["metadata"]["uid"]}
+        assert await h.settle() == oracle(h.objects)
+
+    run_agent(scenario)
