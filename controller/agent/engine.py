@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from compiler.cluster import ClusterModel
 from compiler.incremental import NodeCompiler
 from compiler.ir import NodePlan
 from controller.agent.debounce import Batch
+from controller.agent.notices import Notice, notices
 from controller.agent.store import Snapshot
 
 log = logging.getLogger(__name__)
@@ -23,8 +23,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Compiled:
     plan: NodePlan
-    model: ClusterModel | None  # the model when compiled in full (for notices), else None
     full: bool
+    # What users must be told, found in the model of a full compile (None after pod churn only).
+    notices: tuple[Notice, ...] | None = None
 
 
 class Engine:
@@ -39,11 +40,11 @@ class Engine:
                     self._compiler.update_pod(change.old, change.new)
                 for report in batch.cni:
                     self._compiler.update_cni(report.uid, report.addresses)
-                return Compiled(self._compiler.plan, None, full=False)
+                return Compiled(self._compiler.plan, full=False)
             except Exception:
                 # The incremental state is undefined after a failure: start again from the model.
                 log.exception("incremental compile failed; compiling node %s in full", self.node)
         model = snapshot.model()
         self._compiler = None
         self._compiler = NodeCompiler(model, node=self.node)
-        return Compiled(self._compiler.plan, model, full=True)
+        return Compiled(self._compiler.plan, full=True, notices=tuple(notices(model)))

@@ -23,7 +23,7 @@ from compiler.ir import NodePlan
 from controller.agent.debounce import Batch, Coalescer
 from controller.agent.engine import Compiled, Engine
 from controller.agent.metrics import AgentMetrics
-from controller.agent.notices import Notice, Noticeboard, notices
+from controller.agent.notices import Notice, Noticeboard
 from controller.agent.objects import Kind, Model
 from controller.agent.seams import PlanApplier, PodReport
 from controller.agent.store import Change, Store
@@ -165,8 +165,8 @@ class Agent:
         self.metrics.compile_seconds.observe(time.monotonic() - started)
         if compiled.full:
             self.metrics.full_compiles.inc()
-            assert compiled.model is not None
-            self._post(self.board.update(notices(compiled.model)))
+        if compiled.notices is not None:
+            self._post(self.board.update(list(compiled.notices)))
         if not await self._apply(compiled.plan):
             for arrived in batch.arrivals:  # the retry carries them: latency counts to the kernel
                 self.coalescer.touch(arrived=arrived)

@@ -57,23 +57,29 @@ def _named(ports: tuple[NetworkPolicyPort, ...]) -> list[NetworkPolicyPort]:
 
 
 def unresolved_named_ports(model: ClusterModel) -> list[Notice]:
+    """Cost: one pass over the pods, then only the policies that name ports (most do not), each
+    against its own namespace's pods: the agent runs this on every full compile."""
     live = [p for p in model.pods if not p.finished and not p.spec.host_network]
+    declared = {(c.name, c.protocol) for p in live for c in p.container_ports() if c.name}
+    by_namespace: dict[str, list[Pod]] = {}
+    for pod in live:
+        by_namespace.setdefault(pod.metadata.namespace or "default", []).append(pod)
     out: list[Notice] = []
     for policy in model.policies:
+        ingress = [(i, _named(r.ports)) for i, r in enumerate(policy.spec.ingress)]
+        egress = [(i, _named(r.ports)) for i, r in enumerate(policy.spec.egress)]
+        if not any(ports for _, ports in (*ingress, *egress)):
+            continue
         namespace = policy.metadata.namespace or "default"
         selected = [
-            p
-            for p in live
-            if (p.metadata.namespace or "default") == namespace
-            and matches(policy.spec.pod_selector, p.metadata.labels)
+            p for p in by_namespace.get(namespace, []) if matches(policy.spec.pod_selector, p.metadata.labels)
         ]
-        for direction, pool, rules in (
-            ("ingress", selected, [r.ports for r in policy.spec.ingress]),
-            ("egress", live, [r.ports for r in policy.spec.egress]),
-        ):
-            for index, ports in enumerate(rules):
-                for port in _named(ports):
-                    if any(_declares(p, port) for p in pool):
+        for direction, rules in (("ingress", ingress), ("egress", egress)):
+            for index, ports in rules:
+                for port in ports:
+                    if direction == "ingress" and any(_declares(p, port) for p in selected):
+                        continue
+                    if direction == "egress" and (port.port, port.protocol) in declared:
                         continue
                     whose = "pod the policy selects" if direction == "ingress" else "pod"
                     out.append(
