@@ -25,7 +25,7 @@ from controller.agent.engine import Compiled, Engine
 from controller.agent.metrics import AgentMetrics
 from controller.agent.notices import Notice, Noticeboard
 from controller.agent.objects import Kind, Model
-from controller.agent.seams import PlanApplier, PodReport
+from controller.agent.seams import PlanApplier, PodForget, PodReport, retry_delay
 from controller.agent.store import Change, Store
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ class Agent:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stockade-{node}")
         self._waiters: list[tuple[Callable[[NodePlan], bool], asyncio.Future[None]]] = []
         self._failures = 0
+        self._sandboxes: dict[str, str] = {}  # pod UID -> container ID of the sandbox that reported
 
     # --- readiness -------------------------------------------------------------------------------
 
@@ -128,6 +129,7 @@ class Agent:
         def holds(plan: NodePlan) -> bool:
             return any(p.key == key and p.addresses for p in plan.local_pods)
 
+        self._sandboxes[report.uid] = report.container_id
         change = self.store.report_cni(report.uid, tuple(report.addresses))
         self._add(change, None)
         if change is None and self.applied_plan is not None and holds(self.applied_plan):
@@ -139,7 +141,13 @@ class Agent:
         finally:
             self._waiters = [(h, f) for h, f in self._waiters if f is not future]
 
-    async def forget_pod(self, uid: str) -> None:
+    async def forget_pod(self, forget: PodForget) -> None:
+        """Forget the addresses that sandbox reported; a DEL of an older sandbox of the same pod
+        (its sandbox was re-created) leaves the newer one's report alone."""
+        uid = forget.uid or next((u for u, c in self._sandboxes.items() if c == forget.container_id), "")
+        if not uid or self._sandboxes.get(uid) not in (None, forget.container_id):
+            return
+        self._sandboxes.pop(uid, None)
         self._add(self.store.report_cni(uid, ()), None)
 
     # --- the loop --------------------------------------------------------------------------------
@@ -179,19 +187,26 @@ class Agent:
                 future.set_result(None)
 
     async def _apply(self, plan: NodePlan) -> bool:
+        """Hand the plan over; whether the kernel holds it now. When it does not (the kernel
+        refused it, or the applier defers a refused plan until its backoff elapsed), wait what
+        the applier says, or our own backoff, before the caller retries."""
         started = time.monotonic()
         self.metrics.applies.inc()
+        outcome: object
         try:
-            await self._in_worker(self.applier.apply, plan)
-        except Exception:
-            self.metrics.apply_errors.inc()
-            delay = RETRY_BACKOFF[min(self._failures, len(RETRY_BACKOFF) - 1)]
-            self._failures += 1
-            log.exception("applying the plan of node %s failed; retrying in %.2fs", self.node, delay)
-            await asyncio.sleep(delay)
-            return False
+            outcome = await self._in_worker(self.applier.apply, plan)
+        except Exception as exc:
+            outcome = exc
+            log.error("applying the plan of node %s failed: %s", self.node, exc, exc_info=exc)
         finally:
             self.metrics.apply_seconds.observe(time.monotonic() - started)
+        delay = retry_delay(outcome)
+        if delay is not None:
+            self.metrics.apply_errors.inc()
+            ours = RETRY_BACKOFF[min(self._failures, len(RETRY_BACKOFF) - 1)]
+            self._failures += 1
+            await asyncio.sleep(max(delay, ours) if isinstance(outcome, BaseException) else delay)
+            return False
         self._failures = 0
         self.applied_plan = plan
         self.metrics.applied(plan)

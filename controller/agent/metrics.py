@@ -42,7 +42,7 @@ class _ApplierCollector(Collector):
             "stockade_drift_repairs",
             "Times the applier found the kernel differing from the plan and repaired it",
         )
-        repairs.add_metric([], applier.drift_repairs)
+        repairs.add_metric([], applier.drift_repairs_total)
         yield repairs
         labels = ["namespace", "policy", "direction", "rule"]
         packets = CounterMetricFamily(
@@ -53,10 +53,13 @@ class _ApplierCollector(Collector):
         octets = CounterMetricFamily(
             "stockade_policy_rule_bytes", "Bytes matched by a NetworkPolicy rule on this node", labels=labels
         )
-        for (namespace, policy, direction, index), counter in sorted(applier.rule_counters().items()):
-            key = [namespace, policy, direction, str(index)]
-            packets.add_metric(key, counter.packets)
-            octets.add_metric(key, counter.bytes)
+        rows = [
+            ([k.namespace, k.policy, k.direction, str(k.index)], c.packets, c.bytes)
+            for k, c in applier.rule_counters().items()
+        ]
+        for key, n_packets, n_bytes in sorted(rows):
+            packets.add_metric(key, n_packets)
+            octets.add_metric(key, n_bytes)
         yield packets
         yield octets
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import kopf
 import kubernetes
@@ -161,6 +161,8 @@ class Options:
     listen: tuple[str, int] = ("0.0.0.0", 9542)
     debounce_ms: float = 10.0
     check_interval: float = 30.0
+    cni_socket: str = "/run/stockade/cni.sock"
+    cni_timeout: float = 10.0
 
 
 async def _kube_proxy_watch(agent: Agent, api: Any) -> None:
@@ -215,8 +217,22 @@ async def _resync_loop(agent: Agent, api: Any, health: kube.ApiHealth) -> None:
             log.exception("resync failed; trying again in a second")
 
 
-async def run(options: Options, applier: PlanApplier, *, stop: asyncio.Event | None = None) -> None:
-    """Run the agent until ``stop`` is set (or SIGINT/SIGTERM in the main thread)."""
+class Server(Protocol):
+    """A server the agent runs alongside its watches (the CNI socket: ``controller.cnisocket``)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+async def run(
+    options: Options,
+    applier: PlanApplier,
+    *,
+    stop: asyncio.Event | None = None,
+    cni_server: Callable[[Agent], Server] | None = None,
+) -> None:
+    """Run the agent until ``stop`` is set (or SIGINT/SIGTERM in the main thread);
+    ``cni_server`` makes the CNI socket's server for the agent (its sink)."""
     cfg = kube.client_config(options.kubeconfig)
     api = kubernetes.client.ApiClient(cfg)
     health = kube.ApiHealth(api)
@@ -229,6 +245,9 @@ async def run(options: Options, applier: PlanApplier, *, stop: asyncio.Event | N
         watches_healthy=health.healthy,
     )
     runner = await serve(agent, host=options.listen[0], port=options.listen[1])
+    cni = cni_server(agent) if cni_server is not None else None
+    if cni is not None:
+        await cni.start()
     tasks = [
         asyncio.create_task(agent.run(), name="stockade agent"),
         asyncio.create_task(health.run(), name="stockade api health"),
@@ -248,5 +267,7 @@ async def run(options: Options, applier: PlanApplier, *, stop: asyncio.Event | N
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if cni is not None:
+            await cni.close()
         await runner.cleanup()
         api.close()  # type: ignore[no-untyped-call]

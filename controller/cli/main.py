@@ -111,6 +111,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=30.0,
         help="seconds between drift checks of the kernel (default 30)",
     )
+    p.add_argument(
+        "--cni-socket",
+        default="/run/stockade/cni.sock",
+        help="the Unix socket stockade-cni asks to program new pods through ('' for none)",
+    )
+    p.add_argument(
+        "--cni-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a pod's programming may take before the CNI plugin is answered with an error",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 

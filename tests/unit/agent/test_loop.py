@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -21,23 +22,42 @@ from compiler.plan import build_plan
 from controller.agent.loop import Agent
 from controller.agent.notices import Notice
 from controller.agent.objects import Kind, parse
-from controller.agent.seams import PodReport, RuleCounter
+from controller.agent.seams import PodForget, PodReport
 from tests.unit.agent.bodies import namespace_body, node_body, pod_body, policy_body
 
 NODE = "n1"
 
 
+class Rejected(Exception):
+    """As the applier's KernelRejected: says when to try again."""
+
+    retry_in = 0.05
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """As the applier's ApplyResult for a refused plan still in its backoff."""
+
+    outcome: str = "deferred"
+    retry_in: float = 0.05
+
+
 class RecordingApplier:
-    def __init__(self, *, failures: int = 0) -> None:
+    def __init__(self, *, failures: int = 0, deferrals: int = 0) -> None:
         self.plans: list[NodePlan] = []
         self.failures = failures
+        self.deferrals = deferrals
         self.checks = 0
 
-    def apply(self, plan: NodePlan) -> None:
+    def apply(self, plan: NodePlan) -> Deferred | None:
         if self.failures:
             self.failures -= 1
-            raise RuntimeError("the kernel said no")
+            raise Rejected("the kernel said no")
+        if self.deferrals:
+            self.deferrals -= 1
+            return Deferred()
         self.plans.append(plan)
+        return None
 
     def check(self) -> None:
         self.checks += 1
@@ -171,12 +191,16 @@ def test_program_pod_returns_once_the_pod_is_applied() -> None:
     run_agent(scenario)
 
 
-def test_a_failed_apply_is_retried_and_readiness_waits_for_success() -> None:
-    applier = RecordingApplier(failures=2)
+@pytest.mark.parametrize(
+    "applier",
+    [RecordingApplier(failures=2), RecordingApplier(deferrals=2), RecordingApplier(failures=1, deferrals=1)],
+    ids=["rejected", "deferred", "rejected-then-deferred"],
+)
+def test_a_plan_not_applied_is_retried_and_readiness_waits_for_success(applier: RecordingApplier) -> None:
 
     async def scenario(h: Harness) -> None:
         assert not h.agent.ready
-        await asyncio.sleep(1.0)  # backoff 0.1 s, then 0.25 s
+        await asyncio.sleep(1.0)  # at most 0.1 s, then 0.25 s
         assert h.agent.ready
         assert h.applier.plans
         text = generate_latest(h.agent.metrics.registry).decode()
@@ -184,6 +208,25 @@ def test_a_failed_apply_is_retried_and_readiness_waits_for_success() -> None:
         assert "stockade_ready 1.0" in text
 
     run_agent(scenario, applier=applier)
+
+
+def test_forget_pod_forgets_only_the_sandbox_that_reported() -> None:
+    first = PodReport("uid-default-p", "default", "p", "sandbox-1", ("10.244.1.50",))
+    second = PodReport("uid-default-p", "default", "p", "sandbox-2", ("10.244.1.51",))
+
+    def addresses(plan: NodePlan) -> tuple[str, ...]:
+        return next((p.addresses for p in plan.local_pods if p.key == "default/p"), ())
+
+    async def scenario(h: Harness) -> None:
+        h.put(pod_body("p"))
+        await asyncio.wait_for(h.agent.program_pod(first), timeout=2)
+        await asyncio.wait_for(h.agent.program_pod(second), timeout=2)  # the sandbox was re-created
+        await h.agent.forget_pod(PodForget("sandbox-1"))  # a late DEL of the first sandbox
+        assert addresses(await h.settle()) == ("10.244.1.51",)
+        await h.agent.forget_pod(PodForget("sandbox-2", uid="uid-default-p"))
+        assert addresses(await h.settle()) == ()
+
+    run_agent(scenario)
 
 
 def test_not_ready_while_the_api_does_not_answer() -> None:
@@ -248,13 +291,27 @@ def test_metrics_are_exposed(name: str) -> None:
     assert name in text[0]
 
 
+@dataclass(frozen=True)
+class Key:
+    namespace: str
+    policy: str
+    direction: str
+    index: int
+
+
+@dataclass(frozen=True)
+class Counts:
+    packets: int
+    bytes: int
+
+
 class ReadingApplier(RecordingApplier):
     """An applier that offers the readings of controller.agent.seams.ApplierReadings."""
 
-    drift_repairs = 3
+    drift_repairs_total = 3
 
-    def rule_counters(self) -> dict[tuple[str, str, str, int], RuleCounter]:
-        return {("default", "allow-web", "ingress", 0): RuleCounter(packets=5, bytes=300)}
+    def rule_counters(self) -> dict[Key, Counts]:
+        return {Key("default", "allow-web", "ingress", 0): Counts(packets=5, bytes=300)}
 
 
 def test_applier_readings_are_exposed() -> None:
