@@ -2,12 +2,17 @@
 PY := .venv/bin/python
 PYTEST := .venv/bin/pytest
 
-.PHONY: setup lint test unit kernel cluster demo bench e2e
+.PHONY: setup setup-py lint test unit kernel cluster demo bench e2e
 
+# Everything (as root): Debian packages, the venv, the Go-built Kubernetes tools and the lab's images.
 setup:
 	bash .ci/setup
 
-lint: setup
+# The venv only (any user; the libnftables packages must be there): enough for unit and lint.
+setup-py:
+	bash .ci/setup-py
+
+lint: setup-py
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy --strict
@@ -17,9 +22,10 @@ lint: setup
 test: setup
 	$(PYTEST) tests/unit tests/kernel tests/cluster
 
-unit: setup
+unit: setup-py
 	$(PYTEST) tests/unit
 
+# Root; the full setup, as tests/kernel/test_images.py runs containerd on the lab's images.
 kernel: setup
 	$(PYTEST) tests/kernel
 

@@ -40,8 +40,13 @@ def read_sources(paths: Sequence[str], stdin: TextIO) -> tuple[list[tuple[str, s
         seen[key] = name
         _read(f, name, sources=sources, problems=problems)
 
+    stdin_read = False
     for path in paths:
         if path == "-":
+            if stdin_read:
+                problems.append("-: stdin is given more than once; it can be read only once")
+                continue
+            stdin_read = True
             sources.append((STDIN_NAME, stdin.read()))
             continue
         p = Path(path)

@@ -40,8 +40,7 @@ from controller.cli import output
 from controller.cli.files import load
 from controller.errors import InputError, InternalError, PeerError, Problem, UsageError
 
-OutputFormat = Literal["text", "json"]
-RulesetFormat = Literal["nft", "json"]
+OutputFormat = Literal["text", "json", "yaml"]
 
 
 @dataclass(frozen=True)
@@ -75,18 +74,19 @@ def pick_node(model: ClusterModel, requested: str | None) -> str:
     raise UsageError(f"the manifests have {len(nodes)} nodes; pick one with --node ({listing})")
 
 
-def ruleset(model: ClusterModel, node: str, *, fmt: RulesetFormat = "nft") -> tuple[str, tuple[str, ...]]:
-    """The node's ruleset, and the plan's notes (a node without podCIDRs is not failed closed)."""
+def ruleset(model: ClusterModel, node: str, *, fmt: OutputFormat = "text") -> tuple[str, tuple[str, ...]]:
+    """The node's ruleset (nft text, or the libnftables JSON document as JSON or YAML), and the
+    plan's notes (a node without podCIDRs is not failed closed)."""
     plan = build_plan(model, node=node)
-    return (render_nft(plan) if fmt == "nft" else output.dumps(render_json(plan))), plan.notes
+    return (render_nft(plan) if fmt == "text" else output.dumps(render_json(plan), fmt)), plan.notes
 
 
 # --- commands -----------------------------------------------------------------------------------------
 
 
-def compile_command(paths: Sequence[str], *, node: str | None, fmt: RulesetFormat, stdin: TextIO) -> Result:
+def compile_command(paths: Sequence[str], *, node: str | None, fmt: OutputFormat, stdin: TextIO) -> Result:
     loaded = load(paths, stdin)
-    # The plan's notes are in the nft text as comments too, but JSON and -o FILE would hide them.
+    # The plan's notes are in the nft text as comments too, but JSON and --output-file would hide them.
     text, plan_notes = ruleset(loaded.model, pick_node(loaded.model, node), fmt=fmt)
     return Result(text, notes=(*loaded.notes, *plan_notes, *_addressless(loaded.model)))
 
@@ -190,12 +190,21 @@ def explain_command(
     protocol: Protocol,
     family: Family | None,
     fmt: OutputFormat,
+    exit_code: bool = False,
     stdin: TextIO,
 ) -> Result:
+    """The verdict and why; with ``exit_code``, exit status 1 when the connection is blocked."""
     source, target = parse_peer(src, "--from"), parse_peer(dst, "--to")
     _family_for(source, target, requested=family)  # a usage error before reading anything
     return explain_loaded(
-        load(paths, stdin), src=src, dst=dst, port=port, protocol=protocol, family=family, fmt=fmt
+        load(paths, stdin),
+        src=src,
+        dst=dst,
+        port=port,
+        protocol=protocol,
+        family=family,
+        fmt=fmt,
+        exit_code=exit_code,
     )
 
 
@@ -208,6 +217,7 @@ def explain_loaded(
     protocol: Protocol,
     family: Family | None,
     fmt: OutputFormat,
+    exit_code: bool = False,
 ) -> Result:
     """``explain`` of objects already read (from files, or from a live cluster)."""
     source, target = parse_peer(src, "--from"), parse_peer(dst, "--to")
@@ -219,8 +229,8 @@ def explain_loaded(
         verdict = evaluate(model, src=source, dst=target, protocol=protocol, port=number, family=fam)
     except PeerError as e:
         raise UsageError(str(e)) from e
-    text = output.dumps(output.verdict_json(verdict)) if fmt == "json" else verdict.explain() + "\n"
-    return Result(text, notes=loaded.notes)
+    text = verdict.explain() + "\n" if fmt == "text" else output.dumps(output.verdict_json(verdict), fmt)
+    return Result(text, exit_code=1 if exit_code and not verdict.allowed else 0, notes=loaded.notes)
 
 
 def _probes(
@@ -256,8 +266,8 @@ def matrix_loaded(
     if family is None:
         family = 6 if _address_families(loaded.model.pods) == {6} else 4
     matrix = build_matrix(loaded.model, probes=_probes(ports, [loaded.model]), family=family)
-    if fmt == "json":
-        return Result(output.dumps(output.matrix_json(matrix)), notes=loaded.notes)
+    if fmt != "text":
+        return Result(output.dumps(output.matrix_json(matrix), fmt), notes=loaded.notes)
     return Result(output.matrix_text(matrix, width=width), notes=loaded.notes)
 
 
@@ -331,9 +341,9 @@ def diff_loaded(
     chosen, text, note = _ruleset_change(old, new, requested=node, labels=labels)
     changed = conn.changed or bool(text)
     failed = (fail_on == "widened" and conn.widened) or (fail_on == "any" and changed)
-    if fmt == "json":
+    if fmt != "text":
         body = output.dumps(
-            output.diff_json(conn, probes=probes, families=families, node=chosen, ruleset=text)
+            output.diff_json(conn, probes=probes, families=families, node=chosen, ruleset=text), fmt
         )
     else:
         body = output.diff_text(

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
+
+import yaml
 
 from compiler.diff import ConnectivityDiff, PairChange
 from compiler.matrix import Matrix, Probe
@@ -19,8 +21,21 @@ BLOCKED_MARK = "-"
 SELF_MARK = "."
 
 
-def dumps(value: object) -> str:
-    """JSON as the commands print it: indented, keys in the order built, ending in a newline."""
+class _Dumper(yaml.SafeDumper):
+    """Quotes ``y``, ``Y``, ``n`` and ``N``: kubectl's decoder (YAML 1.1 by go-yaml v2) and Stockade's
+    read them as booleans, so a plain ``y`` (a namespace, say) would not read back as the string."""
+
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        if kind is yaml.ScalarNode and implicit[0] and value in ("y", "Y", "n", "N"):
+            return "tag:yaml.org,2002:bool"
+        return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
+
+
+def dumps(value: object, fmt: Literal["json", "yaml"] = "json") -> str:
+    """JSON (indented) or YAML (block style) as the commands print it: keys in the order built,
+    ending in a newline."""
+    if fmt == "yaml":
+        return yaml.dump(value, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)
     return json.dumps(value, indent=2) + "\n"
 
 

@@ -200,7 +200,17 @@ def _demo(lab: Lab, started: float) -> int:
     say(f"$ kubectl get namespaces,pods,networkpolicies,nodes -A -o yaml > {work / 'cluster.yaml'}")
     for node in lab.cfg.all_nodes:
         ruleset = work / f"{node.name}.nft"
-        run([str(STOCKADE), "compile", str(work / "cluster.yaml"), "--node", node.name, "-o", str(ruleset)])
+        run(
+            [
+                str(STOCKADE),
+                "compile",
+                str(work / "cluster.yaml"),
+                "--node",
+                node.name,
+                "--output-file",
+                str(ruleset),
+            ]
+        )
         run(in_netns(node.netns, ["nft", "-f", str(ruleset)]))
         rules = run(in_netns(node.netns, ["nft", "list", "table", "inet", "stockade"]), show=False)
         say(f"  {node.name}: table inet stockade loaded, {rules.count(' counter ')} rules with counters")

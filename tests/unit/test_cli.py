@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from controller.cli import files, offline
 from controller.cli import main as cli_main
@@ -343,7 +345,7 @@ def test_compile_defaults_to_the_only_node(run: Run) -> None:
 
 
 def test_compile_json(run: Run) -> None:
-    code, out, _ = run("compile", DEFAULT_DENY, "--format", "json")
+    code, out, _ = run("compile", DEFAULT_DENY, "-o", "json")
     assert code == 0
     assert "nftables" in json.loads(out)
     assert run("--output", "json", "compile", DEFAULT_DENY)[1] == out
@@ -363,13 +365,13 @@ def test_compile_json(run: Run) -> None:
 def test_compile_says_on_stderr_when_it_cannot_fail_closed(
     run: Run, tmp_path: Path, node: str, note: str
 ) -> None:
-    """Not only as a comment in the nft text: JSON and ``-o FILE`` would hide it."""
+    """Not only as a comment in the nft text: JSON and ``--output-file`` would hide it."""
     manifests = tmp_path / "cluster.yaml"
     pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {nodeName: n1}\nstatus: {podIP: 10.0.0.1}\n"
     manifests.write_text(
         pod + (f"---\napiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\n{node}\n" if node else "")
     )
-    code, out, err = run("compile", str(manifests), "--format", "json")
+    code, out, err = run("compile", str(manifests), "-o", "json")
     assert code == 0 and "nftables" in json.loads(out)
     assert f"stockade: {note}\n" in err
 
@@ -383,7 +385,6 @@ def test_compile_says_on_stderr_when_it_cannot_fail_closed(
         pytest.param(
             ["--node", "node-c"], "unknown node 'node-c'; known nodes: node-a, node-b", id="unknown-node"
         ),
-        pytest.param(["-o", "json"], "-o/--output takes a file name, not 'json'", id="output-is-a-file"),
     ],
 )
 def test_compile_node_errors(run: Run, argv: list[str], message: str) -> None:
@@ -394,7 +395,7 @@ def test_compile_node_errors(run: Run, argv: list[str], message: str) -> None:
 
 def test_compile_to_a_file(run: Run, tmp_path: Path) -> None:
     target = tmp_path / "node-a.nft"
-    code, out, err = run("compile", THREE_TIER, "--node", "node-a", "-o", str(target))
+    code, out, err = run("compile", THREE_TIER, "--node", "node-a", "--output-file", str(target))
     assert (code, out) == (0, "")
     assert f"wrote {target}" in err
     assert target.read_text() == run("compile", THREE_TIER, "--node", "node-a")[1]
@@ -404,14 +405,14 @@ def test_compile_to_a_file(run: Run, tmp_path: Path) -> None:
 def test_compile_with_bad_input_writes_nothing(run: Run, tmp_path: Path) -> None:
     target = tmp_path / "out.nft"
     target.write_text("previous ruleset\n")
-    code, out, err = run("compile", str(EXAMPLES / "bad" / "port-range.yaml"), "-o", str(target))
+    code, out, err = run("compile", str(EXAMPLES / "bad" / "port-range.yaml"), "--output-file", str(target))
     assert (code, out) == (2, "")
     assert "spec.ingress[0].ports[0].endPort" in err
     assert target.read_text() == "previous ruleset\n"
 
 
 def test_compile_into_a_missing_directory(run: Run, tmp_path: Path) -> None:
-    code, _, err = run("compile", DEFAULT_DENY, "-o", str(tmp_path / "no" / "such.nft"))
+    code, _, err = run("compile", DEFAULT_DENY, "--output-file", str(tmp_path / "no" / "such.nft"))
     assert code == 2
     assert "cannot write" in err
 
@@ -636,6 +637,253 @@ def test_diff_unknown_node(run: Run) -> None:
     assert "unknown node 'nope'; known nodes: node-1, node-a, node-b" in err
 
 
+# --- kubectl's conventions: -o/--output, --output-file, -f, explain --exit-code ---------------------
+
+# One invocation of every command, on the examples.
+COMPILE = ["compile", DEFAULT_DENY]
+EXPLAIN = ["explain", THREE_TIER, "--from", "web/web-1", "--to", "api/api-2", "--port", "9090"]
+MATRIX = ["matrix", THREE_TIER, "--ports", "tcp/9090,udp/53"]
+DIFF = ["diff", THREE_TIER, str(EXAMPLES / "three-tier-change"), "--node", "node-a"]
+COMMANDS = [pytest.param(argv, id=argv[0]) for argv in (COMPILE, EXPLAIN, MATRIX, DIFF)]
+
+
+@pytest.mark.parametrize("argv", COMMANDS)
+def test_output_yaml_is_the_json_document(run: Run, argv: list[str]) -> None:
+    json_code, json_out, _ = run(*argv, "-o", "json")
+    yaml_code, yaml_out, _ = run(*argv, "-o", "yaml")
+    assert (json_code, yaml_code) == (0, 0)
+    assert yaml.safe_load(yaml_out) == json.loads(json_out)
+    assert not yaml_out.lstrip().startswith("{"), "block style, not JSON (which is also YAML)"
+
+
+@pytest.mark.parametrize("argv", COMMANDS)
+def test_output_text_is_the_default(run: Run, argv: list[str]) -> None:
+    code, out, _ = run(*argv)
+    assert code == 0
+    assert run(*argv, "-o", "text")[1] == out
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(out)
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    [
+        pytest.param(["-o", "json"], id="-o json"),
+        pytest.param(["-ojson"], id="-ojson"),
+        pytest.param(["--output", "json"], id="--output json"),
+        pytest.param(["--output=json"], id="--output=json"),
+    ],
+)
+@pytest.mark.parametrize("argv", COMMANDS)
+def test_output_flag_spellings(run: Run, argv: list[str], spelling: list[str]) -> None:
+    """As kubectl parses ``-o``; ``--output`` before the command is accepted too."""
+    code, out, _ = run(*argv, *spelling)
+    assert code == 0
+    json.loads(out)
+    assert run("--output", "json", *argv)[1] == out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(
+            ["compile", DEFAULT_DENY, "-o", "/tmp/node-1.nft"],
+            "stockade compile: error: argument -o/--output: '/tmp/node-1.nft' is not an output format"
+            " (text, json, yaml); to write to a file, use --output-file /tmp/node-1.nft",
+            id="compile -o FILE (the old meaning)",
+        ),
+        pytest.param(
+            ["compile", DEFAULT_DENY, "--format", "json"],
+            "stockade compile: error: --format: replaced by -o/--output text|json|yaml",
+            id="compile --format (replaced)",
+        ),
+        pytest.param(
+            ["matrix", DEFAULT_DENY, "-o", "wide"],
+            "stockade matrix: error: argument -o/--output: 'wide' is not an output format",
+            id="unknown format",
+        ),
+        pytest.param(
+            ["--output", "json", "matrix", DEFAULT_DENY, "-o", "yaml"],
+            "stockade matrix: --output json (before the command) and -o/--output yaml disagree",
+            id="two formats",
+        ),
+        pytest.param(
+            ["diff", DEFAULT_DENY, "-f", DEFAULT_DENY],
+            "stockade diff: error: -f: diff takes its two sides as positional paths: OLD NEW",
+            id="diff -f",
+        ),
+        pytest.param(
+            ["matrix"],
+            "stockade matrix: no manifests given: name files or directories as PATH or -f FILE (- for stdin)",
+            id="no manifests",
+        ),
+        pytest.param(
+            ["matrix", "-", "-f", "-"],
+            "stockade matrix: -: stdin is given more than once; it can be read only once",
+            id="stdin twice",
+        ),
+    ],
+)
+def test_flag_usage_errors(run: Run, argv: list[str], message: str) -> None:
+    code, out, err = run(*argv, stdin="")
+    assert (code, out) == (2, "")
+    assert message in err.splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    ("argv", "exit_code"),
+    [
+        pytest.param(COMPILE, 0, id="compile"),
+        pytest.param(EXPLAIN, 0, id="explain"),
+        pytest.param(
+            [
+                "explain",
+                THREE_TIER,
+                "--from",
+                "web/web-1",
+                "--to",
+                "db/postgres-0",
+                "--port",
+                "5432",
+                "--exit-code",
+            ],
+            1,
+            id="explain --exit-code, blocked",
+        ),
+        pytest.param(MATRIX, 0, id="matrix"),
+        pytest.param(DIFF, 0, id="diff"),
+        pytest.param([*DIFF, "--fail-on", "widened"], 1, id="diff --fail-on widened, failing"),
+    ],
+)
+@pytest.mark.parametrize("fmt", ["text", "json", "yaml"])
+def test_output_file_holds_what_stdout_would(
+    run: Run, tmp_path: Path, argv: list[str], exit_code: int, fmt: str
+) -> None:
+    """Written also when the exit status is 1: the answer is complete, it is only a verdict."""
+    target = tmp_path / "out"
+    expected_code, expected, _ = run(*argv, "-o", fmt)
+    code, out, err = run(*argv, "-o", fmt, "--output-file", str(target))
+    assert (code, out) == (exit_code, "") and expected_code == exit_code
+    assert err.splitlines()[-1] == f"stockade: wrote {target}"
+    assert target.read_text() == expected
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], "no temporary file is left behind"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        pytest.param(["compile", str(EXAMPLES / "bad")], "problem(s) in the input", id="bad input"),
+        pytest.param(["compile", THREE_TIER], "pick one with --node", id="usage error"),
+        pytest.param(["matrix", "no/such/dir"], "no such file or directory", id="missing path"),
+        pytest.param(
+            ["explain", THREE_TIER, "--from", "web/nope", "--to", "api/api-1", "--port", "80"],
+            "not in the model",
+            id="unknown pod",
+        ),
+        pytest.param(
+            ["diff", DEFAULT_DENY, "no/such/dir"], "no such file or directory", id="diff, missing side"
+        ),
+    ],
+)
+def test_output_file_is_untouched_when_the_command_fails(
+    run: Run, tmp_path: Path, argv: list[str], message: str
+) -> None:
+    target = tmp_path / "out"
+    target.write_text("the last good output\n")
+    code, out, err = run(*argv, "--output-file", str(target))
+    assert (code, out) == (2, "")
+    assert message in err
+    assert "wrote" not in err
+    assert target.read_text() == "the last good output\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+DD_PODS = str(EXAMPLES / "default-deny" / "pods.yaml")
+DD_POLICIES = str(EXAMPLES / "default-deny" / "policies.yaml")
+DD_CLUSTER = str(EXAMPLES / "default-deny" / "cluster.yaml")
+
+
+@pytest.mark.parametrize(
+    ("sources", "stdin"),
+    [
+        pytest.param(["-f", DEFAULT_DENY], None, id="-f DIR"),
+        pytest.param(["--filename", DEFAULT_DENY], None, id="--filename DIR"),
+        pytest.param(["-f", DD_PODS, "-f", DD_POLICIES, "-f", DD_CLUSTER], None, id="-f FILE repeated"),
+        pytest.param([DD_PODS, "-f", DD_POLICIES, DD_CLUSTER], None, id="-f next to positional paths"),
+        pytest.param(["-f", "-", DD_POLICIES, DD_CLUSTER], DD_PODS, id="-f - (stdin)"),
+    ],
+)
+@pytest.mark.parametrize("command", ["compile", "matrix"])
+def test_filename_flag_reads_what_paths_read(
+    run: Run, command: str, sources: list[str], stdin: str | None
+) -> None:
+    code, out, err = run(command, *sources, stdin=Path(stdin).read_text() if stdin else None)
+    assert code == 0, err
+    assert out == run(command, DEFAULT_DENY)[1]
+
+
+def test_filename_flag_on_explain(run: Run) -> None:
+    argv = ["--from", "shop/frontend", "--to", "shop/backend", "--port", "9090"]
+    code, out, _ = run("explain", "-f", DD_PODS, "-f", DD_POLICIES, *argv)
+    assert code == 0
+    assert out == run("explain", DEFAULT_DENY, *argv)[1]
+    assert out.startswith("ALLOWED")
+
+
+@pytest.mark.parametrize(
+    ("pair", "flags", "exit_code", "first_line"),
+    [
+        pytest.param(("web/web-1", "api/api-2", "9090"), [], 0, "ALLOWED", id="allowed"),
+        pytest.param(
+            ("web/web-1", "api/api-2", "9090"), ["--exit-code"], 0, "ALLOWED", id="allowed, --exit-code"
+        ),
+        pytest.param(("web/web-1", "db/postgres-0", "5432"), [], 0, "BLOCKED", id="blocked"),
+        pytest.param(
+            ("web/web-1", "db/postgres-0", "5432"), ["--exit-code"], 1, "BLOCKED", id="blocked, --exit-code"
+        ),
+        pytest.param(
+            ("web/web-1", "db/postgres-0", "5432"), ["--exit-code", "-o", "json"], 1, "{", id="blocked, json"
+        ),
+        pytest.param(("web/web-1", "api/nope", "80"), ["--exit-code"], 2, "", id="unknown pod, --exit-code"),
+    ],
+)
+def test_explain_exit_code(
+    run: Run, pair: tuple[str, str, str], flags: list[str], exit_code: int, first_line: str
+) -> None:
+    """Like ``kubectl auth can-i``: a script can branch on the status; the answer is still printed."""
+    src, dst, port = pair
+    code, out, _ = run("explain", THREE_TIER, "--from", src, "--to", dst, "--port", port, *flags)
+    assert code == exit_code
+    assert out.startswith(first_line) if first_line else out == ""
+
+
+# "stockade compile: compile: ...", "stockade: stockade matrix: ...": a prefix said twice.
+_DOUBLED = re.compile(r"stockade( \w+)?: (error: )?(stockade|compile|explain|matrix|diff)\b")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["compile", THREE_TIER], id="usage error"),
+        pytest.param(["compile", DEFAULT_DENY, "-o", "x.nft"], id="argparse error"),
+        pytest.param(["compile", DEFAULT_DENY, "--format", "json"], id="replaced flag"),
+        pytest.param(["matrix", "a.yaml", "b.yaml"], id="two missing paths"),
+        pytest.param(["matrix", THREE_TIER, "--ports", "icmp/8"], id="bad --ports"),
+        pytest.param(["explain", THREE_TIER, "--from", "x", "--to", "y", "--port", "1"], id="bad --from"),
+        pytest.param(["diff", "-", "-"], id="diff stdin twice"),
+        pytest.param(["compile", str(EXAMPLES / "bad" / "port-range.yaml")], id="bad input"),
+    ],
+)
+def test_errors_are_printed_once_with_one_prefix(run: Run, argv: list[str]) -> None:
+    code, out, err = run(*argv, stdin="")
+    assert (code, out) == (2, "")
+    problems = [line for line in err.splitlines() if not line.startswith(("usage:", " "))]
+    assert problems
+    assert len(problems) == len(set(problems)), f"a problem printed twice:\n{err}"
+    for line in problems:
+        assert not _DOUBLED.match(line), line
+
+
 # --- the installed console script ---------------------------------------------------------------------
 
 
@@ -656,13 +904,54 @@ def test_console_script() -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_offline_commands_import_no_node_side_packages() -> None:
+@pytest.mark.parametrize("argv", COMMANDS)
+def test_offline_commands_import_no_node_side_packages(argv: list[str]) -> None:
+    """So `pip install .` (without the node extra) is all the offline CLI needs."""
     code = (
         "import sys, controller.cli.main as m\n"
-        f"m.main(['matrix', {DEFAULT_DENY!r}])\n"
-        "node_side = ('kopf', 'pyroute2', 'nftables', 'kubernetes')\n"
+        f"assert m.main({[*argv, '-o', 'yaml']!r}) == 0\n"
+        "node_side = ('kopf', 'pyroute2', 'nftables', 'kubernetes', 'prometheus_client')\n"
         "bad = sorted(n for n in sys.modules if n.split('.')[0] in node_side)\n"
         "assert not bad, bad\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "stdin", "exit_code", "stdout_start"),
+    [
+        pytest.param(
+            ["matrix", "-f", "-", "--ports", "9090"],
+            (EXAMPLES / "default-deny" / "pods.yaml").read_text(),
+            0,
+            "Connectivity (IPv4)",
+            id="matrix -f - (a pipe)",
+        ),
+        pytest.param(
+            [
+                "explain",
+                THREE_TIER,
+                "--from",
+                "web/web-1",
+                "--to",
+                "db/postgres-0",
+                "--port",
+                "5432",
+                "--exit-code",
+            ],
+            "",
+            1,
+            "BLOCKED",
+            id="explain --exit-code, blocked",
+        ),
+        pytest.param(["compile", DEFAULT_DENY, "-o", "yaml"], "", 0, "nftables:\n", id="compile -o yaml"),
+    ],
+)
+def test_console_script_as_a_user_runs_it(
+    argv: list[str], stdin: str, exit_code: int, stdout_start: str
+) -> None:
+    script = Path(sys.executable).parent / "stockade"
+    result = subprocess.run([str(script), *argv], input=stdin, capture_output=True, text=True, check=False)
+    assert (result.returncode, result.stderr) == (exit_code, "")
+    assert result.stdout.startswith(stdout_start)

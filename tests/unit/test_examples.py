@@ -1,6 +1,7 @@
-"""Every example under examples/ runs: it compiles for each node into a ruleset the kernel loads,
-``explain`` and ``matrix`` answer on it, the bad examples fail naming file, object and field, and
-every command shown in an example's README gives exactly the output shown there.
+"""Every example under examples/ runs: it compiles for each node (that the kernel loads the
+rulesets is tests/kernel/test_examples.py), ``explain`` and ``matrix`` answer on it, the bad
+examples fail naming file, object and field, and every command shown in an example's README gives
+exactly the output shown there.
 
 README blocks are ```console blocks: ``$ stockade ...`` lines, each followed by what it prints
 (stderr, then stdout, as a terminal shows them; a command with nothing under it is only run).
@@ -16,9 +17,6 @@ import json
 import os
 import re
 import shlex
-import shutil
-import subprocess
-import sys
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,21 +46,6 @@ def _nodes(example: str) -> tuple[str, ...]:
     return offline.known_nodes(loaded.model)
 
 
-def _load_into_empty_netns(ruleset: str, *, json_input: bool) -> None:
-    """Load the ruleset for real into a fresh network namespace (gone when the command exits)."""
-    if os.geteuid() != 0 or shutil.which("nft") is None or shutil.which("unshare") is None:
-        pytest.fail("loading rulesets needs root, nft and unshare (the unit tier runs as root)")
-    flag = "-j " if json_input else ""
-    result = subprocess.run(
-        ["unshare", "--net", "sh", "-c", f"nft {flag}-f - && nft list table inet stockade >/dev/null"],
-        input=ruleset,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-
-
 def test_the_examples_are_there() -> None:
     assert {"default-deny", "three-tier", "workloads"} <= set(GOOD)
     for name in [*GOOD, "bad"]:
@@ -70,14 +53,18 @@ def test_the_examples_are_there() -> None:
 
 
 @pytest.mark.parametrize("example", GOOD)
-@pytest.mark.parametrize("fmt", ["nft", "json"])
-def test_compiles_for_every_node_and_loads(example: str, fmt: str) -> None:
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_compiles_for_every_node(example: str, fmt: str) -> None:
+    """That the kernel loads these rulesets is tests/kernel/test_examples.py (it needs root)."""
     nodes = _nodes(example)
     assert nodes, f"examples/{example} names no node"
     for node in nodes:
-        code, out, err = _run(["compile", str(EXAMPLES / example), "--node", node, "--format", fmt])
+        code, out, err = _run(["compile", str(EXAMPLES / example), "--node", node, "-o", fmt])
         assert code == 0, err
-        _load_into_empty_netns(out, json_input=fmt == "json")
+        if fmt == "json":
+            assert json.loads(out)["nftables"][0] == {"metainfo": {"json_schema_version": 1}}
+        else:
+            assert out.startswith(f"# Stockade ruleset for node {node!r}: generated, do not edit.\n")
 
 
 @pytest.mark.parametrize("example", GOOD)
@@ -153,18 +140,6 @@ def test_bad_examples_fail_naming_file_object_and_field(name: str, command: str)
     assert err.splitlines()[-1] == f"stockade: {len(BAD[name])} problem(s) in the input; nothing was written"
 
 
-def test_compiled_example_via_the_console_script() -> None:
-    script = Path(sys.executable).parent / "stockade"
-    result = subprocess.run(
-        [str(script), "compile", str(EXAMPLES / "three-tier"), "--node", "node-b"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert (result.returncode, result.stderr) == (0, "")
-    _load_into_empty_netns(result.stdout, json_input=False)
-
-
 # --- the READMEs say what the commands print -----------------------------------------------------------
 
 _BLOCK = re.compile(r"```console\n(.*?)```", re.S)
@@ -199,8 +174,13 @@ READMES = sorted(
 
 
 @pytest.mark.parametrize("readme", READMES)
-def test_readme_commands_print_what_the_readme_shows(readme: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_readme_commands_print_what_the_readme_shows(
+    readme: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.chdir(REPO)  # the READMEs use paths relative to the repository
+    # Files the READMEs write under /tmp/ go to this test's own directory: a /tmp/node-1.nft left by
+    # another user (or a parallel run) must not decide the outcome.
+    scratch = f"{tmp_path}/"
     monkeypatch.delenv("COLUMNS", raising=False)
     text = (REPO / readme).read_text()
     shown = _shown(text)
@@ -209,11 +189,11 @@ def test_readme_commands_print_what_the_readme_shows(readme: str, monkeypatch: p
     for item in shown:
         exit_match = _EXIT.search(item.command)
         expected_code = int(exit_match.group(1)) if exit_match else 0
-        argv = shlex.split(_EXIT.sub("", item.command))
+        argv = [a.replace("/tmp/", scratch) for a in shlex.split(_EXIT.sub("", item.command))]
         assert argv[0] == "stockade", item.command
         code, out, err = _run(argv[1:])
         assert code == expected_code, f"{item.command}\n{err}"
-        actual = err + out
+        actual = (err + out).replace(scratch, "/tmp/")
         if UPDATE:
             keep = actual if item.output else ""
             updated.append(text[last : item.start] + keep)
