@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -91,7 +91,7 @@ def settings() -> kopf.OperatorSettings:
     return s
 
 
-def _index_id(kind: Kind) -> str:
+def index_id(kind: Kind) -> str:
     return f"stockade_{RESOURCES[kind][1]}"
 
 
@@ -103,9 +103,9 @@ def _unreadable(kind: Kind, body: Any, exc: UnreadableObject) -> Notice:
     return Notice(ref, "Unreadable", f"Stockade cannot read this object, so it is ignored: {exc}")
 
 
-def _indexed(kwargs: dict[str, Any]) -> Iterator[tuple[Kind, Model]]:
+def _indexed(indexes: Mapping[str, Any]) -> Iterator[tuple[Kind, Model]]:
     for kind in RESOURCES:
-        index = kwargs[_index_id(kind)]
+        index = indexes[index_id(kind)]
         for store in index.values():
             for model in store:
                 yield kind, model
@@ -132,26 +132,41 @@ def _watch(reg: kopf.OperatorRegistry, agent: Agent, kind: Kind, group_version: 
         except UnreadableObject:
             return None  # the event handler reports it
 
-    kopf.index(group_version, plural, id=_index_id(kind), registry=reg)(index)
+    kopf.index(group_version, plural, id=index_id(kind), registry=reg)(index)
 
     async def on_event(event: Any, body: Any, uid: str, **kwargs: Any) -> None:
-        arrived = time.monotonic()
-        if not agent.synced.is_set():
-            agent.seed(_indexed(kwargs))
-        deleted = event.get("type") == "DELETED"
-        obj: Model | None = None
-        if not deleted:
-            found = kwargs[_index_id(kind)].get(uid)
-            obj = next(iter(found), None) if found is not None else None
-            if obj is None:
-                try:
-                    obj = parse(kind, body)
-                except UnreadableObject as exc:
-                    log.error("%s", exc)
-                    agent.notice(_unreadable(kind, body, exc))
-        agent.observe(kind, obj, uid=uid, deleted=deleted, arrived=arrived)
+        handle_event(agent, kind, event_type=event.get("type"), body=body, uid=uid, indexes=kwargs)
 
     kopf.on.event(group_version, plural, id=f"stockade_{plural}_event", registry=reg)(on_event)
+
+
+def handle_event(
+    agent: Agent,
+    kind: Kind,
+    *,
+    event_type: str | None,
+    body: Any,
+    uid: str,
+    indexes: Mapping[str, Any],
+) -> None:
+    """One watch event (``event_type`` None: from a listing). ``indexes`` are kopf's, by id: the
+    first call seeds the agent from all of them (kopf calls no event handler before every kind
+    is listed and indexed), and the object itself is taken from its kind's index (parsed once)."""
+    arrived = time.monotonic()
+    if not agent.synced.is_set():
+        agent.seed(_indexed(indexes))
+    deleted = event_type == "DELETED"
+    obj: Model | None = None
+    if not deleted:
+        found = indexes[index_id(kind)].get(uid)
+        obj = next(iter(found), None) if found is not None else None
+        if obj is None:  # the index handler could not read it: say why
+            try:
+                obj = parse(kind, body)
+            except UnreadableObject as exc:
+                log.error("%s", exc)
+                agent.notice(_unreadable(kind, body, exc))
+    agent.observe(kind, obj, uid=uid, deleted=deleted, arrived=arrived)
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 
 from controller.agent.http import parse_listen
+from controller.cli.main import main
 
 
 @pytest.mark.parametrize(
@@ -27,3 +30,19 @@ def test_parse_listen(text: str, expected: tuple[str, int]) -> None:
 def test_bad_listen(text: str) -> None:
     with pytest.raises(ValueError, match="expected ADDR:PORT"):
         parse_listen(text)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--listen", "nowhere"], "--listen 'nowhere': expected ADDR:PORT"),
+        (["--debounce-ms", "-1"], "--debounce-ms must be >= 0"),
+        (["--check-interval", "0"], "--check-interval > 0"),
+    ],
+    ids=["listen", "debounce", "check-interval"],
+)
+def test_bad_agent_flags_are_usage_errors(argv: list[str], message: str) -> None:
+    err = io.StringIO()
+    assert main(["agent", "--node", "n1", *argv], stdout=io.StringIO(), stderr=err) == 2
+    assert err.getvalue().startswith("stockade agent: ")
+    assert message in err.getvalue()
