@@ -4,7 +4,8 @@ of what only talks to the API (the agent, the kubectl plugin): no nodes, no cont
 Ports are picked free on 127.0.0.1; the PKI is the lab's (:mod:`tests.cluster.lab.pki`). Without
 kube-controller-manager no ServiceAccount exists, so the ServiceAccount admission plugin is off;
 without kubelets no pod gets an address, so tests write ``status.podIPs`` themselves through the
-status subresource, as a kubelet would.
+status subresource, as a kubelet would. The apiserver can be stopped and started again on the
+same port and etcd (an outage).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.cluster.lab.kube import Credentials, Kube
@@ -31,23 +32,56 @@ def free_port() -> int:
         return port
 
 
-@dataclass(frozen=True)
+def _tail(path: Path) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-25:]) if path.exists() else ""
+
+
+@dataclass
 class ControlPlane:
     url: str
     kubeconfig: Path
     kube: Kube
     dir: Path
+    commands: dict[str, list[str]]
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
+    def start(self, name: str) -> None:
+        with (self.dir / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                self.commands[name], stdout=log, stderr=subprocess.STDOUT, cwd=self.dir
+            )
 
-def _tail(path: Path) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-25:]) if path.exists() else ""
+    def stop(self, name: str) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def wait_ready(self, *, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.kube.healthy():
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"{name} exited with {proc.returncode}:\n{_tail(self.dir / f'{name}.log')}"
+                    )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"kube-apiserver not ready in {timeout:.0f}s:\n{_tail(self.dir / 'kube-apiserver.log')}"
+                )
+            time.sleep(0.2)
 
 
 @contextmanager
 def control_plane(*, timeout: float = 120.0) -> Iterator[ControlPlane]:
     bin_dir = tools_bin()
     root = Path(tempfile.mkdtemp(prefix="stockade-apiserver-"))
-    procs: list[subprocess.Popen[bytes]] = []
+    plane: ControlPlane | None = None
     try:
         pki = PKI(root / "pki")
         admin = Identity("admin", "kubernetes-admin", ("system:masters",))
@@ -85,38 +119,25 @@ def control_plane(*, timeout: float = 120.0) -> Iterator[ControlPlane]:
             f"--service-account-signing-key-file={pki.path('sa.key')}",
             "--profiling=false",
         ]
-        for name, cmd in (("etcd", etcd), ("kube-apiserver", apiserver)):
-            with (root / f"{name}.log").open("wb") as log:
-                procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root))
         url = f"https://127.0.0.1:{api_port}"
-        kube = Kube(
-            Credentials(
-                server=url, ca=pki.path("ca.crt"), cert=pki.path("admin.crt"), key=pki.path("admin.key")
-            )
+        creds = Credentials(
+            server=url, ca=pki.path("ca.crt"), cert=pki.path("admin.crt"), key=pki.path("admin.key")
         )
-        deadline = time.monotonic() + timeout
-        while not kube.healthy():
-            for proc, name in zip(procs, ("etcd", "kube-apiserver"), strict=True):
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{name} exited with {proc.returncode}:\n{_tail(root / f'{name}.log')}"
-                    )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"kube-apiserver not ready in {timeout:.0f}s:\n{_tail(root / 'kube-apiserver.log')}"
-                )
-            time.sleep(0.2)
-        kubeconfig = pki.kubeconfig(
-            root / "admin.kubeconfig", stem="admin", user="kubernetes-admin", server=url
+        plane = ControlPlane(
+            url=url,
+            kubeconfig=pki.kubeconfig(
+                root / "admin.kubeconfig", stem="admin", user="kubernetes-admin", server=url
+            ),
+            kube=Kube(creds),
+            dir=root,
+            commands={"etcd": etcd, "kube-apiserver": apiserver},
         )
-        yield ControlPlane(url=url, kubeconfig=kubeconfig, kube=kube, dir=root)
+        plane.start("etcd")
+        plane.start("kube-apiserver")
+        plane.wait_ready(timeout=timeout)
+        yield plane
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in reversed(procs):
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        if plane is not None:
+            plane.stop("kube-apiserver")
+            plane.stop("etcd")
         shutil.rmtree(root, ignore_errors=True)

@@ -74,10 +74,10 @@ ALLOW_WEB = {
 }
 
 
-def wait_equal(agent: RunningAgent, kube: Kube, *, since: float) -> float:
+def wait_equal(agent: RunningAgent, kube: Kube, *, since: float, bound: float = LATENCY_BOUND) -> float:
     """Seconds from ``since`` until the agent's last applied plan equals the oracle."""
     expected = oracle(kube)
-    deadline = since + LATENCY_BOUND
+    deadline = since + bound
     while time.monotonic() < deadline:
         with agent.applier.lock:
             hit = next((t for t, p in reversed(agent.applier.plans) if p == expected), None)
@@ -349,3 +349,38 @@ def test_resync_forgets_objects_deleted_while_unseen(cp: ControlPlane) -> None:
         client.close()  # type: ignore[no-untyped-call]
     assert "deleted-while-away" not in held
     assert held  # the pod that exists stays
+
+
+def wait_for(what: str, check: Callable[[], bool], *, timeout: float) -> float:
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout:.0f}s"
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def test_an_api_outage_keeps_the_plan_and_later_changes_are_enforced(
+    agent: RunningAgent, cp: ControlPlane
+) -> None:
+    """Last: it stops the API server. While it is away no plan is handed over (the kernel keeps
+    the last one) and /readyz says not ready; once it is back, a change reaches the plan."""
+    kube = cp.kube
+    wait_equal(agent, kube, since=time.monotonic())
+    applies, plan = agent.applier.count, agent.applier.last()
+    assert agent.get("/readyz")[0] == 200
+    stopping = time.monotonic()
+    cp.stop("kube-apiserver")  # a graceful shutdown: takes seconds
+    try:
+        wait_for("/readyz 503", lambda: agent.get("/readyz")[0] == 503, timeout=40)
+        unready = time.monotonic() - stopping
+        time.sleep(2)
+        assert agent.applier.count == applies, "a plan was handed over while the API server was away"
+    finally:
+        cp.start("kube-apiserver")
+        cp.wait_ready()
+    back = time.monotonic()
+    create_pod(kube, "after-outage", ip="10.244.1.200", labels={"app": "web"})  # a new local pod
+    latency = wait_equal(agent, kube, since=back, bound=90)
+    assert agent.applier.last() != plan
+    wait_for("/readyz 200", lambda: agent.get("/readyz")[0] == 200, timeout=30)
+    print(f"outage: not ready {unready:.1f}s after the stop began; a later change applied in {latency:.1f}s")
