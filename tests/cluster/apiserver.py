@@ -43,7 +43,13 @@ class ControlPlane:
     kube: Kube
     dir: Path
     commands: dict[str, list[str]]
+    pki: PKI
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def kubeconfig_for(self, identity: Identity) -> Path:
+        """A kubeconfig for a client identity given to :func:`control_plane`."""
+        dest = self.dir / f"{identity.stem}.kubeconfig"
+        return self.pki.kubeconfig(dest, stem=identity.stem, user=identity.user, server=self.url)
 
     def start(self, name: str) -> None:
         with (self.dir / f"{name}.log").open("ab") as log:
@@ -78,14 +84,15 @@ class ControlPlane:
 
 
 @contextmanager
-def control_plane(*, timeout: float = 120.0) -> Iterator[ControlPlane]:
+def control_plane(*, clients: tuple[Identity, ...] = (), timeout: float = 120.0) -> Iterator[ControlPlane]:
+    """Up for the ``with`` block; ``clients`` get certificates (the admin always has one)."""
     bin_dir = tools_bin()
     root = Path(tempfile.mkdtemp(prefix="stockade-apiserver-"))
     plane: ControlPlane | None = None
     try:
         pki = PKI(root / "pki")
         admin = Identity("admin", "kubernetes-admin", ("system:masters",))
-        pki.create(server_ips=["127.0.0.1"], server_dns=["localhost"], clients=[admin])
+        pki.create(server_ips=["127.0.0.1"], server_dns=["localhost"], clients=[admin, *clients])
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
@@ -131,6 +138,7 @@ def control_plane(*, timeout: float = 120.0) -> Iterator[ControlPlane]:
             kube=Kube(creds),
             dir=root,
             commands={"etcd": etcd, "kube-apiserver": apiserver},
+            pki=pki,
         )
         plane.start("etcd")
         plane.start("kube-apiserver")

@@ -29,6 +29,7 @@ from controller.agent.operator import resync
 from tests.cluster.agentrun import RecordingApplier, RunningAgent, running_agent
 from tests.cluster.apiserver import ControlPlane, control_plane, free_port
 from tests.cluster.lab.kube import MERGE, Kube
+from tests.cluster.lab.pki import Identity
 
 pytestmark = pytest.mark.cluster
 
@@ -100,10 +101,73 @@ def resource_versions(kube: Kube) -> dict[str, str]:
     return out
 
 
+# The agent runs as a user with exactly the permissions README.md lists ("Agent": RBAC): reading
+# the four kinds, creating Events, reading kube-proxy's ConfigMap. Any other call, a write to a
+# watched object above all, is refused by the API server.
+AGENT = Identity("stockade-agent", "stockade-agent")
+RBAC: list[tuple[str, dict[str, Any]]] = [
+    (
+        "/apis/rbac.authorization.k8s.io/v1/clusterroles",
+        {
+            "metadata": {"name": "stockade-agent"},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["pods", "namespaces", "nodes"],
+                    "verbs": ["get", "list", "watch"],
+                },
+                {
+                    "apiGroups": ["networking.k8s.io"],
+                    "resources": ["networkpolicies"],
+                    "verbs": ["get", "list", "watch"],
+                },
+                {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
+            ],
+        },
+    ),
+    (
+        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings",
+        {
+            "metadata": {"name": "stockade-agent"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "stockade-agent",
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": AGENT.user}],
+        },
+    ),
+    (
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/roles",
+        {
+            "metadata": {"name": "stockade-agent"},
+            "rules": [
+                {
+                    "apiGroups": [""],
+                    "resources": ["configmaps"],
+                    "resourceNames": ["kube-proxy"],
+                    "verbs": ["get"],
+                }
+            ],
+        },
+    ),
+    (
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/kube-system/rolebindings",
+        {
+            "metadata": {"name": "stockade-agent"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "stockade-agent"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": AGENT.user}],
+        },
+    ),
+]
+
+
 @pytest.fixture(scope="module")
 def cp() -> Iterator[ControlPlane]:
-    with control_plane() as plane:
+    with control_plane(clients=(AGENT,)) as plane:
         kube = plane.kube
+        for path, body in RBAC:
+            kube.create(path, body)
         kube.create(
             "/api/v1/nodes",
             {"metadata": {"name": NODE}, "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24"]}},
@@ -132,7 +196,8 @@ def started(cp: ControlPlane) -> Iterator[tuple[RunningAgent, dict[str, str], li
     before = resource_versions(cp.kube)
     applier = RecordingApplier()
     applier.gate.clear()  # hold the first apply: /readyz must say not ready meanwhile
-    with running_agent(node=NODE, kubeconfig=cp.kubeconfig, port=free_port(), applier=applier) as agent:
+    kubeconfig = cp.kubeconfig_for(AGENT)
+    with running_agent(node=NODE, kubeconfig=kubeconfig, port=free_port(), applier=applier) as agent:
         answers: list[tuple[int, str]] = []
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not answers:
