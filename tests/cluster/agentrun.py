@@ -65,13 +65,16 @@ class RunningAgent:
 
 @contextmanager
 def running_agent(
-    *, node: str, kubeconfig: Path, port: int, applier: RecordingApplier, debounce_ms: float = 10.0
+    *, node: str, kubeconfig: Path | None, port: int, applier: RecordingApplier, debounce_ms: float = 10.0
 ) -> Iterator[RunningAgent]:
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     errors: list[BaseException] = []
     options = Options(
-        node=node, kubeconfig=str(kubeconfig), listen=("127.0.0.1", port), debounce_ms=debounce_ms
+        node=node,
+        kubeconfig=str(kubeconfig) if kubeconfig is not None else None,
+        listen=("127.0.0.1", port),
+        debounce_ms=debounce_ms,
     )
 
     def main() -> None:

@@ -14,6 +14,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import kubernetes
@@ -416,6 +417,14 @@ def test_resync_forgets_objects_deleted_while_unseen(cp: ControlPlane) -> None:
     assert held  # the pod that exists stays
 
 
+def is_ready(agent: RunningAgent) -> bool:
+    assert not agent.errors, agent.errors
+    try:
+        return agent.get("/readyz")[0] == 200
+    except OSError:
+        return False  # not listening yet
+
+
 def wait_for(what: str, check: Callable[[], bool], *, timeout: float) -> float:
     started = time.monotonic()
     while not check():
@@ -427,7 +436,7 @@ def wait_for(what: str, check: Callable[[], bool], *, timeout: float) -> float:
 def test_an_api_outage_keeps_the_plan_and_later_changes_are_enforced(
     agent: RunningAgent, cp: ControlPlane
 ) -> None:
-    """Last: it stops the API server. While it is away no plan is handed over (the kernel keeps
+    """It stops the API server. While it is away no plan is handed over (the kernel keeps
     the last one) and /readyz says not ready; once it is back, a change reaches the plan."""
     kube = cp.kube
     wait_equal(agent, kube, since=time.monotonic())
@@ -449,3 +458,40 @@ def test_an_api_outage_keeps_the_plan_and_later_changes_are_enforced(
     assert agent.applier.last() != plan
     wait_for("/readyz 200", lambda: agent.get("/readyz")[0] == 200, timeout=30)
     print(f"outage: not ready {unready:.1f}s after the stop began; a later change applied in {latency:.1f}s")
+
+
+def test_in_cluster_credentials(cp: ControlPlane, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No --kubeconfig: the agent uses a ServiceAccount token as a pod would find it (the files
+    kubelet mounts, the environment kubelet sets), bound to the same RBAC as the user above."""
+    kube = cp.kube
+    kube.create("/api/v1/namespaces/kube-system/serviceaccounts", {"metadata": {"name": "stockade-agent"}})
+    for kind in ("clusterrolebindings", "namespaces/kube-system/rolebindings"):
+        kube.patch(
+            f"/apis/rbac.authorization.k8s.io/v1/{kind}/stockade-agent",
+            {
+                "subjects": [
+                    {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": AGENT.user},
+                    {"kind": "ServiceAccount", "name": "stockade-agent", "namespace": "kube-system"},
+                ]
+            },
+            kind=MERGE,
+        )
+    token = kube.create(
+        "/api/v1/namespaces/kube-system/serviceaccounts/stockade-agent/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
+    )["status"]["token"]
+    (tmp_path / "token").write_text(token)
+    (tmp_path / "ca.crt").write_bytes((cp.dir / "pki" / "ca.crt").read_bytes())
+    host, port = cp.url.removeprefix("https://").rsplit(":", 1)
+    monkeypatch.setattr(kubernetes.config.incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+    monkeypatch.setattr(kubernetes.config.incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))  # no fallback to a kubeconfig
+    with running_agent(node=NODE, kubeconfig=None, port=free_port(), applier=RecordingApplier()) as agent:
+        wait_for("/readyz 200", lambda: is_ready(agent), timeout=60)
+        wait_equal(agent, kube, since=time.monotonic())
