@@ -19,6 +19,9 @@ changing this module. Per object:
   chains are named by their content, so a changed policy gives new chains rather than refilled
   ones). A chain whose declaration differs (hook, priority, comment) is deleted and created again.
 
+:func:`diff_states` does the same from a :class:`TableState`, which the agent also builds from
+``nft -j list table`` to diff from what the kernel really holds (adoption, drift repair).
+
 The commands are one transaction, ordered so that no command references a missing object and
 nothing is deleted while something still references it:
 
@@ -44,7 +47,7 @@ from compiler.render_json import Json, chain_json, elements_cmd, map_json, ref_j
 
 
 @dataclass(frozen=True)
-class _Container:
+class Container:
     """A set or a map as the kernel holds it: its declaration and its elements by key."""
 
     kind: str  # "set" or "map"
@@ -57,31 +60,49 @@ class _Container:
 
 
 @dataclass(frozen=True)
-class _ChainState:
+class ChainState:
+    """A chain's declaration (``{"family": ..., "name": ..., "hook": ...}``) and its rules, each
+    as ``{"rule": {...}}``, in order."""
+
     declaration: Json
     rules: tuple[Json, ...]
 
 
-def _canonical(value: Any) -> str:
+@dataclass(frozen=True)
+class TableState:
+    """Table ``inet stockade`` as libnftables JSON, object by object: what :func:`diff_states`
+    compares. :func:`plan_state` builds it from a plan; the node agent builds it from what
+    ``nft -j list table`` shows, so it can diff from what the kernel actually holds."""
+
+    chains: dict[str, ChainState]
+    containers: dict[str, Container]
+
+
+def plan_state(plan: NodePlan) -> TableState:
+    return TableState(chains=_chains(plan), containers=_containers(plan))
+
+
+def canonical(value: Any) -> str:
+    """The key of a set element or a map entry's key in :attr:`Container.elements`."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
-def _containers(plan: NodePlan) -> dict[str, _Container]:
-    out: dict[str, _Container] = {}
+def _containers(plan: NodePlan) -> dict[str, Container]:
+    out: dict[str, Container] = {}
     for s in plan.sets:
         body = set_json(s)["set"]
         elements = body.pop("elem", [])
-        out[s.name] = _Container("set", body, {_canonical(e): e for e in elements})
+        out[s.name] = Container("set", body, {canonical(e): e for e in elements})
     for m in plan.maps:
         body = map_json(m)["map"]
         entries = body.pop("elem", [])
-        out[m.name] = _Container("map", body, {_canonical(e[0]): e for e in entries})
+        out[m.name] = Container("map", body, {canonical(e[0]): e for e in entries})
     return out
 
 
-def _chains(plan: NodePlan) -> dict[str, _ChainState]:
+def _chains(plan: NodePlan) -> dict[str, ChainState]:
     return {
-        c.name: _ChainState(chain_json(c)["chain"], tuple(rule_json(c.name, r) for r in c.rules))
+        c.name: ChainState(chain_json(c)["chain"], tuple(rule_json(c.name, r) for r in c.rules))
         for c in plan.chains
     }
 
@@ -112,8 +133,13 @@ def diff_plans(old: NodePlan, new: NodePlan) -> dict[str, Any]:
     holding ``new``; ``{"nftables": []}`` when they are equal."""
     if (old.family, old.table) != (new.family, new.table):
         raise ValueError(f"diff_plans: table {old.family} {old.table} is not {new.family} {new.table}")
-    old_chains, new_chains = _chains(old), _chains(new)
-    old_boxes, new_boxes = _containers(old), _containers(new)
+    return diff_states(plan_state(old), plan_state(new))
+
+
+def diff_states(old: TableState, new: TableState) -> dict[str, Any]:
+    """:func:`diff_plans` for table states: the one transaction from a table holding ``old``."""
+    old_chains, new_chains = old.chains, new.chains
+    old_boxes, new_boxes = old.containers, new.containers
 
     redeclared = {
         n

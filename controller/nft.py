@@ -1,0 +1,66 @@
+"""The one module that talks to libnftables (the ``nftables`` Python binding, pip-nftables).
+
+Everything goes in and out as libnftables JSON (``man libnftables-json``): no nft text is ever
+built, so API text (policy names in rule comments) cannot change a command's meaning. A command
+list given to :meth:`Nft.run` is one netlink batch, which the kernel applies as one transaction:
+all of it or none of it.
+
+A libnftables context is not thread-safe; one lock serializes every call. The context talks to
+the network namespace the process (thread) was in when it first ran a command, so create and
+first use an :class:`Nft` in the namespace it is meant to manage.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import nftables
+
+from compiler.naming import FAMILY, TABLE
+from controller.errors import InternalError, KernelRejected
+
+Json = dict[str, Any]
+
+# What libnftables says when the object listed does not exist (errno ENOENT's text).
+_NO_SUCH_OBJECT = "No such file or directory"
+
+
+class Nft:
+    """A libnftables context: run a JSON command batch as one transaction, list table ``inet
+    stockade`` as JSON."""
+
+    def __init__(self, *, library: str = "libnftables.so.1") -> None:
+        self._lock = threading.Lock()
+        self._nft = nftables.Nftables(sofile=library)
+        self._nft.set_json_output(True)
+
+    def run(self, doc: Json, *, what: str) -> None:
+        """Run ``{"nftables": [...]}`` as one transaction; raises :class:`KernelRejected` with
+        libnftables' error text when any command fails (then none took effect)."""
+        commands = doc.get("nftables")
+        if not isinstance(commands, list):
+            raise InternalError(f"nft.run({what}): not a libnftables document: {str(doc)[:200]}")
+        if not any(not _is_metainfo(c) for c in commands):
+            return
+        with self._lock:
+            rc, _, error = self._nft.json_cmd(doc)
+        if rc != 0:
+            raise KernelRejected(what, str(error), commands=len(commands))
+
+    def list_table(self) -> Json | None:
+        """``nft -j list table inet stockade`` as a document, or None when there is no such table."""
+        query = {"nftables": [{"list": {"table": {"family": FAMILY, "name": TABLE}}}]}
+        with self._lock:
+            rc, output, error = self._nft.json_cmd(query)
+        if rc != 0:
+            if _NO_SUCH_OBJECT in str(error):
+                return None
+            raise KernelRejected("listing of table inet stockade", str(error))
+        if not isinstance(output, dict) or not isinstance(output.get("nftables"), list):
+            raise InternalError(f"libnftables listed something that is not a document: {str(output)[:200]}")
+        return output
+
+
+def _is_metainfo(command: Any) -> bool:
+    return isinstance(command, dict) and set(command) == {"metainfo"}
