@@ -3,10 +3,13 @@ HTTP library, on the agent's event loop).
 
 ``/healthz`` answers 200 while the loop runs (a stalled loop cannot answer at all); ``/readyz``
 answers 200 once the first plan of the complete initial listing is applied and while the API
-server answers, 503 otherwise; ``/metrics`` is Prometheus' text format.
+server answers, 503 otherwise; ``/metrics`` is Prometheus' text format, rendered in a thread
+(the applier's per-rule counters are read from the kernel at scrape time).
 """
 
 from __future__ import annotations
+
+import asyncio
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -26,7 +29,8 @@ def app(agent: Agent) -> web.Application:
 
     async def metrics(_: web.Request) -> web.Response:
         agent.ready  # noqa: B018 - refreshes the stockade_ready gauge
-        body = generate_latest(agent.metrics.registry)
+        # In a thread: the applier's per-rule counters are a kernel listing, not for the loop.
+        body = await asyncio.get_running_loop().run_in_executor(None, generate_latest, agent.metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     application = web.Application()

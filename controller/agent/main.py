@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 import kubernetes
 
 from controller.agent.http import parse_listen
 from controller.agent.loop import Agent
 from controller.agent.operator import Options, Server, run
-from controller.agent.seams import PlanApplier
+from controller.applier import Applier
+from controller.cnisocket import CniServer
 from controller.errors import UsageError
+from controller.nft import Nft
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -36,30 +36,18 @@ def options(args: argparse.Namespace) -> Options:
     )
 
 
-def _node_module(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        raise UsageError(f"this installation lacks {name} ({exc}); the agent cannot run on a node") from exc
-
-
-def node_applier() -> PlanApplier:
-    """The libnftables applier: ``controller.applier.Applier`` over ``controller.nft.Nft``."""
-    nft = _node_module("controller.nft").Nft()
-    applier: PlanApplier = _node_module("controller.applier").Applier(nft=nft)
-    return applier
+def node_applier() -> Applier:
+    """The libnftables applier."""
+    return Applier(nft=Nft())
 
 
 def cni_server(opts: Options) -> Callable[[Agent], Server] | None:
-    """The CNI socket (``controller.cnisocket.CniServer``) with the agent as its sink; none when
-    ``--cni-socket`` is empty."""
+    """The CNI socket's server with the agent as its sink; none when ``--cni-socket`` is empty."""
     if not opts.cni_socket:
         return None
-    module = _node_module("controller.cnisocket")
 
     def make(agent: Agent) -> Server:
-        server: Server = module.CniServer(sink=agent, path=opts.cni_socket, program_timeout=opts.cni_timeout)
-        return server
+        return CniServer(sink=agent, path=opts.cni_socket, program_timeout=opts.cni_timeout)
 
     return make
 

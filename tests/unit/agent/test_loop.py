@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -23,23 +22,12 @@ from controller.agent.loop import Agent
 from controller.agent.notices import Notice
 from controller.agent.objects import Kind, parse
 from controller.agent.seams import PodForget, PodReport
+from controller.applier import ApplyResult, Counts
+from controller.errors import KernelRejected
+from controller.kernelstate import RuleKey
 from tests.unit.agent.bodies import namespace_body, node_body, pod_body, policy_body
 
 NODE = "n1"
-
-
-class Rejected(Exception):
-    """As the applier's KernelRejected: says when to try again."""
-
-    retry_in = 0.05
-
-
-@dataclass(frozen=True)
-class Deferred:
-    """As the applier's ApplyResult for a refused plan still in its backoff."""
-
-    outcome: str = "deferred"
-    retry_in: float = 0.05
 
 
 class RecordingApplier:
@@ -49,15 +37,17 @@ class RecordingApplier:
         self.deferrals = deferrals
         self.checks = 0
 
-    def apply(self, plan: NodePlan) -> Deferred | None:
+    def apply(self, plan: NodePlan) -> ApplyResult:
+        """As the applier answers: KernelRejected with the retry it scheduled, or a "deferred"
+        result while that backoff runs."""
         if self.failures:
             self.failures -= 1
-            raise Rejected("the kernel said no")
+            raise KernelRejected("full rebuild", "Error: Could not process rule", retry_in=0.05)
         if self.deferrals:
             self.deferrals -= 1
-            return Deferred()
+            return ApplyResult("deferred", 0, 0.0, retry_in=0.05)
         self.plans.append(plan)
-        return None
+        return ApplyResult("diff", 1, 0.001)
 
     def check(self) -> None:
         self.checks += 1
@@ -291,27 +281,13 @@ def test_metrics_are_exposed(name: str) -> None:
     assert name in text[0]
 
 
-@dataclass(frozen=True)
-class Key:
-    namespace: str
-    policy: str
-    direction: str
-    index: int
-
-
-@dataclass(frozen=True)
-class Counts:
-    packets: int
-    bytes: int
-
-
 class ReadingApplier(RecordingApplier):
-    """An applier that offers the readings of controller.agent.seams.ApplierReadings."""
+    """An applier that offers the readings the Applier offers (controller.agent.seams.ApplierReadings)."""
 
     drift_repairs_total = 3
 
-    def rule_counters(self) -> dict[Key, Counts]:
-        return {Key("default", "allow-web", "ingress", 0): Counts(packets=5, bytes=300)}
+    def rule_counters(self) -> dict[RuleKey, Counts]:
+        return {RuleKey("default", "allow-web", "ingress", 0): Counts(packets=5, bytes=300)}
 
 
 def test_applier_readings_are_exposed() -> None:
