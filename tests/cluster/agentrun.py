@@ -16,9 +16,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from compiler.ir import NodePlan
 from controller.agent.operator import Options, run
+from controller.agent.seams import PlanApplier
 
 
 @dataclass
@@ -50,7 +52,7 @@ class RecordingApplier:
 
 @dataclass
 class RunningAgent:
-    applier: RecordingApplier
+    applier: Any
     url: str
     thread: threading.Thread
     errors: list[BaseException]
@@ -65,8 +67,15 @@ class RunningAgent:
 
 @contextmanager
 def running_agent(
-    *, node: str, kubeconfig: Path | None, port: int, applier: RecordingApplier, debounce_ms: float = 10.0
+    *,
+    node: str,
+    kubeconfig: Path | None,
+    port: int,
+    applier: PlanApplier,
+    debounce_ms: float = 10.0,
+    check_interval: float = 30.0,
 ) -> Iterator[RunningAgent]:
+    """The agent in a thread of its own (with its own event loop) until the block ends."""
     loop = asyncio.new_event_loop()
     stop = asyncio.Event()
     errors: list[BaseException] = []
@@ -75,6 +84,7 @@ def running_agent(
         kubeconfig=str(kubeconfig) if kubeconfig is not None else None,
         listen=("127.0.0.1", port),
         debounce_ms=debounce_ms,
+        check_interval=check_interval,
     )
 
     def main() -> None:
@@ -91,7 +101,8 @@ def running_agent(
     try:
         yield RunningAgent(applier=applier, url=f"http://127.0.0.1:{port}", thread=thread, errors=errors)
     finally:
-        applier.gate.set()
+        if isinstance(applier, RecordingApplier):
+            applier.gate.set()
         if not loop.is_closed():
             loop.call_soon_threadsafe(stop.set)
         thread.join(timeout=30)

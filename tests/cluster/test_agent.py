@@ -80,17 +80,16 @@ def wait_equal(agent: RunningAgent, kube: Kube, *, since: float, bound: float = 
     """Seconds from ``since`` until the agent's last applied plan equals the oracle."""
     expected = oracle(kube)
     deadline = since + bound
+    applier: RecordingApplier = agent.applier
     while time.monotonic() < deadline:
-        with agent.applier.lock:
-            hit = next((t for t, p in reversed(agent.applier.plans) if p == expected), None)
-            latest = agent.applier.plans[-1][1] if agent.applier.plans else None
+        with applier.lock:
+            hit = next((t for t, p in reversed(applier.plans) if p == expected), None)
+            latest = applier.plans[-1][1] if applier.plans else None
         if hit is not None and latest == expected:
             return max(0.0, hit - since)
         assert not agent.errors, agent.errors
         time.sleep(0.01)
-    raise AssertionError(
-        f"the applied plan did not equal build_plan of the API's objects within {LATENCY_BOUND}s"
-    )
+    raise AssertionError(f"the applied plan did not equal build_plan of the API's objects within {bound}s")
 
 
 def resource_versions(kube: Kube) -> dict[str, str]:
