@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from compiler.ir import NodePlan
-from controller.agent.operator import Options, run
+from controller.agent.loop import Agent
+from controller.agent.operator import Options, Server, run
 from controller.agent.seams import PlanApplier
+from controller.cnisocket import CniServer
 
 
 @dataclass
@@ -74,6 +76,7 @@ def running_agent(
     applier: PlanApplier,
     debounce_ms: float = 10.0,
     check_interval: float = 30.0,
+    cni_socket: Path | None = None,
 ) -> Iterator[RunningAgent]:
     """The agent in a thread of its own (with its own event loop) until the block ends."""
     loop = asyncio.new_event_loop()
@@ -87,10 +90,16 @@ def running_agent(
         check_interval=check_interval,
     )
 
+    def cni(agent: Agent) -> Server:
+        assert cni_socket is not None
+        return CniServer(sink=agent, path=cni_socket, program_timeout=10)
+
     def main() -> None:
         asyncio.set_event_loop(loop)
         try:
-            loop.run_until_complete(run(options, applier, stop=stop))
+            loop.run_until_complete(
+                run(options, applier, stop=stop, cni_server=cni if cni_socket is not None else None)
+            )
         except BaseException as exc:  # reported by the test, not lost in the thread
             errors.append(exc)
         finally:

@@ -17,13 +17,16 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from compiler.loader import load_manifests
 from compiler.plan import build_plan
+from controller import cniclient
 from controller.applier import Applier
+from controller.cniproto import PodForget, PodReport
 from controller.nft import Nft
 from tests.cluster.agentrun import RunningAgent, running_agent
 from tests.cluster.apiserver import ControlPlane, control_plane, free_port
@@ -136,10 +139,20 @@ def node() -> Iterator[Node]:
 
 
 @pytest.fixture(scope="module")
-def agent(cp: ControlPlane, node: Node) -> Iterator[RunningAgent]:
+def cni_socket(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cni") / "cni.sock"
+
+
+@pytest.fixture(scope="module")
+def agent(cp: ControlPlane, node: Node, cni_socket: Path) -> Iterator[RunningAgent]:
     applier = Applier(nft=node.nft)
     with running_agent(
-        node=NODE, kubeconfig=cp.kubeconfig, port=free_port(), applier=applier, check_interval=1.0
+        node=NODE,
+        kubeconfig=cp.kubeconfig,
+        port=free_port(),
+        applier=applier,
+        check_interval=1.0,
+        cni_socket=cni_socket,
     ) as running:
         wait_for("/readyz 200", lambda: is_ready(running), timeout=60)
         yield running
@@ -167,6 +180,37 @@ def test_a_policy_reaches_the_kernel_and_counts_what_it_allows(
         return float(found.group(1)) if found else 0.0
 
     wait_for("7 packets under b-from-a", lambda: counted() >= 7, timeout=10)
+
+
+def test_a_pod_the_cni_reports_is_in_the_kernel_when_the_report_is_answered(
+    agent: RunningAgent, node: Node, cp: ControlPlane, cni_socket: Path
+) -> None:
+    """The CNI plugin's ADD: the pod exists in the API without an address yet (kubelet reports
+    it later); the socket answers only once the kernel dispatches the reported address."""
+    created = cp.kube.create(
+        f"/api/v1/namespaces/{NS}/pods",
+        {
+            "metadata": {"name": "c", "labels": {"app": "b"}},  # selected by b-from-a: isolated
+            "spec": {
+                "nodeName": NODE,
+                "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10.2"}],
+            },
+        },
+    )
+    report = PodReport(created["metadata"]["uid"], NS, "c", "sandbox-c", ("10.244.1.4",))
+    started = time.monotonic()
+    cniclient.add_pod(report, path=str(cni_socket), timeout=10)
+    answered = time.monotonic() - started
+    listing = nsexec(node.netns, "nft", "-j", "list", "table", "inet", "stockade").stdout
+    dispatch = [
+        o["map"]
+        for o in json.loads(listing)["nftables"]
+        if "map" in o and "10.244.1.4" in json.dumps(o["map"])
+    ]
+    assert dispatch, "the reported address is in no dispatch map once the CNI's ADD is answered"
+    print(f"CNI ADD answered in {answered * 1000:.0f} ms, with the pod's address in the kernel")
+    cniclient.del_pod(PodForget("sandbox-c", uid=report.uid), path=str(cni_socket), timeout=10)
+    cp.kube.delete(f"/api/v1/namespaces/{NS}/pods/c", {"gracePeriodSeconds": 0})
 
 
 def test_a_flushed_table_is_repaired_within_the_check_interval(
