@@ -5,6 +5,6 @@ by UID, and what each event changes), :mod:`.debounce` (bursts into batches), :m
 (a batch to a plan, off the event loop), :mod:`.loop` (the agent's main loop: compile, apply,
 readiness, CNI waiters), :mod:`.notices` (what users must be told), :mod:`.kube` (API access:
 credentials, Events, kube-proxy mode), :mod:`.metrics` and :mod:`.http` (endpoints),
-:mod:`.operator` (kopf wiring) and :mod:`.seams` (what the agent needs from the applier and
-offers the CNI socket).
+:mod:`.operator` (kopf wiring), :mod:`.seams` (what the agent needs from the applier and
+offers the CNI socket) and :mod:`.main` (``stockade agent``: the applier, the CNI socket, run).
 """
