@@ -5,11 +5,13 @@ Ports are picked free on 127.0.0.1; the PKI is the lab's (:mod:`tests.cluster.la
 kube-controller-manager no ServiceAccount exists, so the ServiceAccount admission plugin is off;
 without kubelets no pod gets an address, so tests write ``status.podIPs`` themselves through the
 status subresource, as a kubelet would. The apiserver can be stopped and started again on the
-same port and etcd (an outage).
+same port and etcd (an outage). It can also run inside a network namespace (for an agent process
+that must share the namespace of the nftables it programs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
@@ -23,6 +25,7 @@ from pathlib import Path
 from tests.cluster.lab.kube import Credentials, Kube
 from tests.cluster.lab.pki import PKI, Identity
 from tests.cluster.lab.preflight import tools_bin
+from tests.support.nodelab import entered
 
 
 def free_port() -> int:
@@ -44,7 +47,12 @@ class ControlPlane:
     dir: Path
     commands: dict[str, list[str]]
     pki: PKI
+    netns: str | None = None
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def here(self) -> contextlib.AbstractContextManager[None]:
+        """Where the API server is reachable: this thread in its network namespace, if it has one."""
+        return entered(self.netns) if self.netns is not None else contextlib.nullcontext()
 
     def kubeconfig_for(self, identity: Identity) -> Path:
         """A kubeconfig for a client identity given to :func:`control_plane`."""
@@ -52,9 +60,10 @@ class ControlPlane:
         return self.pki.kubeconfig(dest, stem=identity.stem, user=identity.user, server=self.url)
 
     def start(self, name: str) -> None:
+        prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns is not None else []
         with (self.dir / f"{name}.log").open("ab") as log:
             self.procs[name] = subprocess.Popen(
-                self.commands[name], stdout=log, stderr=subprocess.STDOUT, cwd=self.dir
+                [*prefix, *self.commands[name]], stdout=log, stderr=subprocess.STDOUT, cwd=self.dir
             )
 
     def stop(self, name: str) -> None:
@@ -70,7 +79,10 @@ class ControlPlane:
 
     def wait_ready(self, *, timeout: float = 120.0) -> None:
         deadline = time.monotonic() + timeout
-        while not self.kube.healthy():
+        while True:
+            with self.here():
+                if self.kube.healthy():
+                    return
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
                     raise RuntimeError(
@@ -84,8 +96,12 @@ class ControlPlane:
 
 
 @contextmanager
-def control_plane(*, clients: tuple[Identity, ...] = (), timeout: float = 120.0) -> Iterator[ControlPlane]:
-    """Up for the ``with`` block; ``clients`` get certificates (the admin always has one)."""
+def control_plane(
+    *, clients: tuple[Identity, ...] = (), netns: str | None = None, timeout: float = 120.0
+) -> Iterator[ControlPlane]:
+    """Up for the ``with`` block; ``clients`` get certificates (the admin always has one). With
+    ``netns`` (its loopback up) etcd and the apiserver run on that namespace's loopback, and API
+    calls must be made from there (:meth:`ControlPlane.here`)."""
     bin_dir = tools_bin()
     root = Path(tempfile.mkdtemp(prefix="stockade-apiserver-"))
     plane: ControlPlane | None = None
@@ -139,6 +155,7 @@ def control_plane(*, clients: tuple[Identity, ...] = (), timeout: float = 120.0)
             dir=root,
             commands={"etcd": etcd, "kube-apiserver": apiserver},
             pki=pki,
+            netns=netns,
         )
         plane.start("etcd")
         plane.start("kube-apiserver")
