@@ -98,6 +98,7 @@ class Agent:
         which counts as gone: an object the compiler cannot read must not keep old rules)."""
         self.metrics.watch_events.labels(kind=kind).inc()
         if deleted or obj is None:
+            self._sandboxes.pop(uid, None)
             self._add(self.store.delete(kind, uid), arrived)
         else:
             self._add(self.store.upsert(kind, obj), arrived)
@@ -116,6 +117,7 @@ class Agent:
         """
         stale = known_before - listed
         for uid in sorted(stale):
+            self._sandboxes.pop(uid, None)
             self._add(self.store.delete(kind, uid), None)
         return stale
 
@@ -123,11 +125,20 @@ class Agent:
 
     async def program_pod(self, report: PodReport) -> None:
         """Return once an applied plan dispatches the pod's addresses (the caller bounds the wait).
-        A report for a pod the API has not shown yet is kept, and the wait lasts until it has."""
+        A report for a pod the API has not shown yet is kept, and the wait lasts until it has.
+
+        The pod's addresses are the reported ones, or those the API shows for this UID once it
+        shows any (the API wins). Matching on addresses, not only the name, keeps a previous
+        incarnation of the pod (a StatefulSet pod re-created under its name) from answering."""
         key = f"{report.namespace}/{report.name}"
+        reported = set(report.addresses)
 
         def holds(plan: NodePlan) -> bool:
-            return any(p.key == key and p.addresses for p in plan.local_pods)
+            api = self.store.pods.get(report.uid)
+            wanted = [reported, set(api.ips()) if api is not None else set()]
+            return any(
+                p.key == key and any(w and w <= set(p.addresses) for w in wanted) for p in plan.local_pods
+            )
 
         self._sandboxes[report.uid] = report.container_id
         change = self.store.report_cni(report.uid, tuple(report.addresses))

@@ -200,6 +200,26 @@ def test_a_plan_not_applied_is_retried_and_readiness_waits_for_success(applier: 
     run_agent(scenario, applier=applier)
 
 
+def test_a_previous_incarnation_of_the_pod_does_not_answer_for_the_new_one() -> None:
+    old = pod_body("db-0", uid="old", ips=("10.244.1.60",))
+    new = pod_body("db-0", uid="new")  # re-created under the same name; no address in the API yet
+    report = PodReport("new", "default", "db-0", "sandbox-new", ("10.244.1.61",))
+
+    async def scenario(h: Harness) -> None:
+        h.put(old)
+        await h.settle()
+        waiter = asyncio.create_task(h.agent.program_pod(report))
+        await h.settle()  # the report alone: the API has not shown the new pod, the old one stands
+        assert not waiter.done(), "answered while only the previous incarnation was in the kernel"
+        h.delete(old)
+        h.put(new)
+        await asyncio.wait_for(waiter, timeout=2)
+        (local,) = [p for p in h.applier.plans[-1].local_pods if p.key == "default/db-0"]
+        assert local.addresses == ("10.244.1.61",)
+
+    run_agent(scenario)
+
+
 def test_forget_pod_forgets_only_the_sandbox_that_reported() -> None:
     first = PodReport("uid-default-p", "default", "p", "sandbox-1", ("10.244.1.50",))
     second = PodReport("uid-default-p", "default", "p", "sandbox-2", ("10.244.1.51",))
