@@ -126,8 +126,10 @@ def main(
 
 
 def _agent(args: argparse.Namespace) -> int:
-    from controller.agent.main import main as agent_main  # noqa: PLC0415 - node-side, lazily
-
+    try:
+        from controller.agent.main import main as agent_main  # noqa: PLC0415 - node-side, lazily
+    except ModuleNotFoundError as exc:  # an offline-only install
+        raise UsageError(f"needs the node-side packages ({exc}): pip install 'stockade[node]'") from exc
     return agent_main(args)
 
 
