@@ -30,7 +30,10 @@ LISTS: dict[str, str] = {
 
 
 def api_client(kubeconfig: str | None, context: str | None) -> Any:
-    import kubernetes  # noqa: PLC0415 - only the kubectl plugin needs it (the node extra)
+    try:
+        import kubernetes  # noqa: PLC0415 - only the kubectl plugin needs it (the node extra)
+    except ModuleNotFoundError as exc:
+        raise UsageError(f"needs the kubernetes client ({exc}): pip install 'stockade[node]'") from exc
 
     cfg = kubernetes.client.Configuration()
     try:
