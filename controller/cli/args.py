@@ -71,7 +71,7 @@ class _Refused(argparse.Action):
         parser.error(f"{option_string}: {self.message}")
 
 
-def _common(p: argparse.ArgumentParser, *, paths: bool) -> None:
+def common_options(p: argparse.ArgumentParser, *, paths: bool) -> None:
     """Flags every command has: the output format and file, and (where manifests are a list) -f."""
     if paths:
         p.add_argument("paths", nargs="*", metavar="PATH", help=PATHS_HELP)
@@ -104,6 +104,49 @@ def _family(p: argparse.ArgumentParser, help_text: str) -> None:
     p.add_argument("--family", type=int, choices=(4, 6), default=None, help=help_text)
 
 
+def explain_options(p: argparse.ArgumentParser) -> None:
+    """``explain``'s own flags (shared with ``kubectl stockade explain``)."""
+    p.add_argument(
+        "--from", dest="src", required=True, metavar="NS/POD|IP", help="source pod, workload or address"
+    )
+    p.add_argument(
+        "--to", dest="dst", required=True, metavar="NS/POD|IP", help="destination pod, workload or address"
+    )
+    p.add_argument(
+        "--port", required=True, help="destination port: a number, or a container port name of --to"
+    )
+    p.add_argument("--protocol", type=_protocol, default="TCP", help="tcp (default), udp or sctp")
+    _family(p, "4 or 6 (default: of the addresses given, else 4 unless the pods have IPv6 only)")
+    p.add_argument(
+        "--exit-code",
+        action="store_true",
+        help="exit 1 when the connection is blocked (0 when allowed), like `kubectl auth can-i`",
+    )
+
+
+def matrix_options(p: argparse.ArgumentParser) -> None:
+    """``matrix``'s own flags (shared with ``kubectl stockade matrix``)."""
+    p.add_argument(
+        "--ports", help="e.g. 80,tcp/443,udp/53,sctp/9000 (default: the pods' container ports, else 80)"
+    )
+    _family(p, "4 or 6 (default: 4, or 6 when the pods have IPv6 addresses only)")
+
+
+def diff_options(p: argparse.ArgumentParser) -> None:
+    """``diff``'s own flags (shared with ``kubectl stockade diff``)."""
+    p.add_argument("--node", help="compare this node's ruleset (default: the only node, if there is one)")
+    p.add_argument(
+        "--fail-on",
+        choices=("widened", "any"),
+        default=None,
+        help="exit 1 if any pair gained access (widened), or on any change (any)",
+    )
+    p.add_argument(
+        "--ports", help="as for matrix (default: container ports and the ports policies name, on both sides)"
+    )
+    _family(p, "4 or 6 (default: each that addresses and ipBlocks use)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="stockade",
@@ -128,55 +171,62 @@ def build_parser() -> argparse.ArgumentParser:
         description="The nftables ruleset of one node: -o text (default) is nft text that loads with"
         " `nft -f`; -o json and -o yaml are the libnftables JSON document.",
     )
-    _common(p, paths=True)
+    common_options(p, paths=True)
     p.add_argument("--node", help="the node to compile for (default: the only node in the manifests)")
     p.add_argument("--format", action=_Refused, message="replaced by -o/--output text|json|yaml")
 
     p = sub.add_parser("explain", help="may one endpoint reach another, and which policies say so")
-    _common(p, paths=True)
-    p.add_argument(
-        "--from", dest="src", required=True, metavar="NS/POD|IP", help="source pod, workload or address"
-    )
-    p.add_argument(
-        "--to", dest="dst", required=True, metavar="NS/POD|IP", help="destination pod, workload or address"
-    )
-    p.add_argument(
-        "--port", required=True, help="destination port: a number, or a container port name of --to"
-    )
-    p.add_argument("--protocol", type=_protocol, default="TCP", help="tcp (default), udp or sctp")
-    _family(p, "4 or 6 (default: of the addresses given, else 4 unless the pods have IPv6 only)")
-    p.add_argument(
-        "--exit-code",
-        action="store_true",
-        help="exit 1 when the connection is blocked (0 when allowed), like `kubectl auth can-i`",
-    )
+    common_options(p, paths=True)
+    explain_options(p)
 
     p = sub.add_parser("matrix", help="who may reach whom: every pod (or workload) against every other")
-    _common(p, paths=True)
-    p.add_argument(
-        "--ports", help="e.g. 80,tcp/443,udp/53,sctp/9000 (default: the pods' container ports, else 80)"
-    )
-    _family(p, "4 or 6 (default: 4, or 6 when the pods have IPv6 addresses only)")
+    common_options(p, paths=True)
+    matrix_options(p)
 
     p = sub.add_parser("diff", help="what changing OLD into NEW opens, closes, and does to a node's ruleset")
     p.add_argument("old", metavar="OLD", help="the manifests before: a file or directory; - for stdin")
     p.add_argument("new", metavar="NEW", help="the manifests after: a file or directory; - for stdin")
-    _common(p, paths=False)
+    common_options(p, paths=False)
     # diff has two sides, so a list of -f files would not say which side a file belongs to.
     p.add_argument(
         "-f", "--filename", action=_Refused, message="diff takes its two sides as positional paths: OLD NEW"
     )
-    p.add_argument("--node", help="compare this node's ruleset (default: the only node, if there is one)")
+    diff_options(p)
+
+    # Node-side: parsed here, run by controller.agent (imported only when asked for: kopf is slow
+    # to import and absent where only the offline commands are installed).
+    p = sub.add_parser("agent", help="run the node agent: watch the cluster, keep this node's nftables equal")
+    p.add_argument("--node", required=True, help="this node's name (the DaemonSet passes spec.nodeName)")
+    p.add_argument("--kubeconfig", help="a kubeconfig (default: in-cluster ServiceAccount, else $KUBECONFIG)")
     p.add_argument(
-        "--fail-on",
-        choices=("widened", "any"),
-        default=None,
-        help="exit 1 if any pair gained access (widened), or on any change (any)",
+        "--listen",
+        default="0.0.0.0:9542",
+        help="ADDR:PORT of /healthz, /readyz and /metrics (default 0.0.0.0:9542)",
     )
     p.add_argument(
-        "--ports", help="as for matrix (default: container ports and the ports policies name, on both sides)"
+        "--debounce-ms",
+        type=float,
+        default=10.0,
+        help="coalesce changes until none arrived for this long (default 10 ms)",
     )
-    _family(p, "4 or 6 (default: each that addresses and ipBlocks use)")
+    p.add_argument(
+        "--check-interval",
+        type=float,
+        default=30.0,
+        help="seconds between drift checks of the kernel (default 30)",
+    )
+    p.add_argument(
+        "--cni-socket",
+        default="/run/stockade/cni.sock",
+        help="the Unix socket stockade-cni asks to program new pods through ('' for none)",
+    )
+    p.add_argument(
+        "--cni-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a pod's programming may take before the CNI plugin is answered with an error",
+    )
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
 

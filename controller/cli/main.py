@@ -6,9 +6,10 @@ unless ``--exit-code``); 1 ``diff --fail-on`` found what it was told to fail on,
 one per line, nothing on stdout and no file written); 70 a bug in Stockade. User errors never print
 a traceback.
 
-The offline commands import only :mod:`compiler`; node-side commands (added later) must import
-their parts of :mod:`controller` inside their handlers, so the offline CLI runs without kopf,
-pyroute2 or libnftables installed.
+The offline commands import only :mod:`compiler`; node-side commands (``agent``) import their
+parts of :mod:`controller` inside their handlers, so the offline CLI runs without kopf, pyroute2
+or libnftables installed. :func:`finish` (errors and exit codes) is shared with ``kubectl
+stockade`` (:mod:`controller.cli.kubectl`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import shutil
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TextIO, cast
 
 from controller.cli import files, offline
@@ -29,7 +30,7 @@ EXIT_USAGE = 2
 EXIT_INTERNAL = 70  # EX_SOFTWARE (sysexits.h)
 
 
-def _width(stdout: TextIO) -> int:
+def terminal_width(stdout: TextIO) -> int:
     """The terminal's width, or 120 when stdout is not a terminal (so piped output is stable)."""
     if stdout.isatty():
         return shutil.get_terminal_size().columns
@@ -70,7 +71,12 @@ def _run(args: argparse.Namespace, stdin: TextIO, *, stdout: TextIO) -> offline.
         )
     if args.command == "matrix":
         return offline.matrix_command(
-            _paths(args), ports=args.ports, family=args.family, fmt=fmt, width=_width(stdout), stdin=stdin
+            _paths(args),
+            ports=args.ports,
+            family=args.family,
+            fmt=fmt,
+            width=terminal_width(stdout),
+            stdin=stdin,
         )
     if args.command == "diff":
         return offline.diff_command(
@@ -86,7 +92,7 @@ def _run(args: argparse.Namespace, stdin: TextIO, *, stdout: TextIO) -> offline.
     raise InternalError(f"no handler for command {args.command!r}")
 
 
-def _deliver(result: offline.Result, output_file: str | None) -> offline.Result:
+def deliver(result: offline.Result, output_file: str | None) -> offline.Result:
     """With --output-file, the output goes to the file (only now: the command succeeded)."""
     if not output_file:
         return result
@@ -109,26 +115,55 @@ def main(
         args = parse(argv)
     except SystemExit as e:  # --help, --version, or a usage error argparse already printed
         return e.code if isinstance(e.code, int) else EXIT_USAGE
+    if args.command == "agent":
+        return finish(lambda: _agent(args), command=args.command, stdout=stdout, stderr=stderr)
+    return finish(
+        lambda: deliver(_run(args, stdin, stdout=stdout), args.output_file),
+        command=args.command,
+        stdout=stdout,
+        stderr=stderr,
+    )
+
+
+def _agent(args: argparse.Namespace) -> int:
     try:
-        result = _deliver(_run(args, stdin, stdout=stdout), args.output_file)
+        from controller.agent.main import main as agent_main  # noqa: PLC0415 - node-side, lazily
+    except ModuleNotFoundError as exc:  # an offline-only install
+        raise UsageError(f"needs the node-side packages ({exc}): pip install 'stockade[node]'") from exc
+    return agent_main(args)
+
+
+def finish(
+    run: Callable[[], offline.Result | int],
+    *,
+    command: str,
+    stdout: TextIO,
+    stderr: TextIO,
+    prog: str = "stockade",
+) -> int:
+    """Run a command and print its result, or its errors as the exit codes above say."""
+    try:
+        result = run()
+        if isinstance(result, int):
+            return result
     except InputError as e:
         for problem in e.problems:
             print(problem, file=stderr)
-        print(f"stockade: {len(e.problems)} problem(s) in the input; nothing was written", file=stderr)
+        print(f"{prog}: {len(e.problems)} problem(s) in the input; nothing was written", file=stderr)
         return EXIT_USAGE
     except UsageError as e:
         for line in str(e).splitlines():
-            print(f"stockade {args.command}: {line}", file=stderr)
+            print(f"{prog} {command}: {line}", file=stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
     except Exception as e:
         if isinstance(e, StockadeError) and not isinstance(e, InternalError):
             # A deliberate error the commands do not translate yet: the user's, not ours.
-            print(f"stockade {args.command}: {e}", file=stderr)
+            print(f"{prog} {command}: {e}", file=stderr)
             return EXIT_USAGE
         print(
-            f"stockade: internal error: {type(e).__name__}: {e}\n"
+            f"{prog}: internal error: {type(e).__name__}: {e}\n"
             "This is a bug in Stockade, not a problem with your input; please report it"
             " (set STOCKADE_DEBUG=1 for a traceback).",
             file=stderr,
@@ -137,7 +172,7 @@ def main(
             traceback.print_exc(file=stderr)
         return EXIT_INTERNAL
     for note in result.notes:
-        print(f"stockade: {note}", file=stderr)
+        print(f"{prog}: {note}", file=stderr)
     try:
         stdout.write(result.stdout)
         stdout.flush()

@@ -195,8 +195,33 @@ def explain_command(
 ) -> Result:
     """The verdict and why; with ``exit_code``, exit status 1 when the connection is blocked."""
     source, target = parse_peer(src, "--from"), parse_peer(dst, "--to")
+    _family_for(source, target, requested=family)  # a usage error before reading anything
+    return explain_loaded(
+        load(paths, stdin),
+        src=src,
+        dst=dst,
+        port=port,
+        protocol=protocol,
+        family=family,
+        fmt=fmt,
+        exit_code=exit_code,
+    )
+
+
+def explain_loaded(
+    loaded: LoadResult,
+    *,
+    src: str,
+    dst: str,
+    port: str,
+    protocol: Protocol,
+    family: Family | None,
+    fmt: OutputFormat,
+    exit_code: bool = False,
+) -> Result:
+    """``explain`` of objects already read (from files, or from a live cluster)."""
+    source, target = parse_peer(src, "--from"), parse_peer(dst, "--to")
     given = _family_for(source, target, requested=family)
-    loaded = load(paths, stdin)
     model, target = _replica_target(loaded.model, source, dst=target)
     fam = given if given is not None else _pods_family(model, source, dst=target)
     try:
@@ -231,7 +256,13 @@ def matrix_command(
     width: int,
     stdin: TextIO,
 ) -> Result:
-    loaded = load(paths, stdin)
+    return matrix_loaded(load(paths, stdin), ports=ports, family=family, fmt=fmt, width=width)
+
+
+def matrix_loaded(
+    loaded: LoadResult, *, ports: str | None, family: Family | None, fmt: OutputFormat, width: int
+) -> Result:
+    """``matrix`` of objects already read (from files, or from a live cluster)."""
     if family is None:
         family = 6 if _address_families(loaded.model.pods) == {6} else 4
     matrix = build_matrix(loaded.model, probes=_probes(ports, [loaded.model]), family=family)
@@ -276,13 +307,38 @@ def diff_command(
             problems.extend(e.problems)
     if problems:
         raise InputError(problems)
-    old, new = loaded[0].model, loaded[1].model
+    return diff_loaded(
+        loaded[0],
+        loaded[1],
+        labels=(old_path, new_path),
+        node=node,
+        fail_on=fail_on,
+        ports=ports,
+        family=family,
+        fmt=fmt,
+    )
+
+
+def diff_loaded(
+    before: LoadResult,
+    after: LoadResult,
+    *,
+    labels: tuple[str, str],
+    node: str | None,
+    fail_on: Literal["widened", "any"] | None,
+    ports: str | None,
+    family: Family | None,
+    fmt: OutputFormat,
+) -> Result:
+    """``diff`` of two sets of objects already read; ``labels`` name them in the ruleset diff."""
+    loaded = [before, after]
+    old, new = before.model, after.model
     # Stand-ins for "every port" of a protocol: probed, and said on stderr, only without --ports.
     stand_ins = unnamed_port_probes([old, new]) if ports is None else ()
     probes = _probes(ports, [old, new], extra=[*policy_probes([old, new]), *stand_ins])
     families: tuple[Family, ...] = (family,) if family is not None else _families([old, new])
     conn = connectivity_diff(old, new, ports=probes, family=families)
-    chosen, text, note = _ruleset_change(old, new, requested=node, labels=(old_path, new_path))
+    chosen, text, note = _ruleset_change(old, new, requested=node, labels=labels)
     changed = conn.changed or bool(text)
     failed = (fail_on == "widened" and conn.widened) or (fail_on == "any" and changed)
     if fmt != "text":

@@ -1,0 +1,191 @@
+"""The agent's own API access (besides kopf's watches): credentials, Events, kube-proxy's mode, health.
+
+Credentials come from ``--kubeconfig`` when given, else the pod's ServiceAccount (in-cluster),
+else the default kubeconfig (``$KUBECONFIG``, ``~/.kube/config``). kopf is logged in with the
+same credentials (:func:`connection_info`).
+
+Events are core/v1 Events (what ``kubectl describe`` and ``kubectl get events`` show), posted by
+component ``stockade-agent`` with this node as the source host. They are the only thing the agent
+writes to the API.
+
+kube-proxy in IPVS mode sends Service traffic through the ``input`` and ``output`` hooks, not
+``forward``, so NetworkPolicy would not see Service traffic as the plan expects. The agent does
+not refuse to run (refusing would leave the node with no policy at all): it warns loudly, in its
+log at ERROR and with a Warning Event on its Node, and says what it found: the ``kube-ipvs0``
+device on this node (kube-proxy creates it in IPVS mode), or ``mode: ipvs`` in the ``kube-proxy``
+ConfigMap of ``kube-system`` (as kubeadm installs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import kopf
+import kubernetes
+import yaml
+
+from controller.agent.notices import Notice, ObjectRef
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "stockade-agent"
+IPVS_DEVICE = Path("/sys/class/net/kube-ipvs0")
+
+
+def client_config(kubeconfig: str | None) -> Any:
+    """A kubernetes client Configuration: ``kubeconfig``, else in-cluster, else the default file."""
+    cfg = kubernetes.client.Configuration()
+    if kubeconfig:
+        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
+        return cfg
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    return cfg
+
+
+def connection_info(cfg: Any) -> kopf.ConnectionInfo:
+    """The same credentials for kopf's watches (as kopf's own kubernetes-client login reads them)."""
+    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (
+        (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+    )
+    return kopf.ConnectionInfo(
+        server=cfg.host,
+        ca_path=cfg.ssl_ca_cert,
+        insecure=not cfg.verify_ssl,
+        username=cfg.username or None,
+        password=cfg.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=cfg.cert_file,
+        private_key_path=cfg.key_file,
+    )
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class KubeEvents:
+    """Posts notices as core/v1 Events (blocking: the agent calls it in a thread)."""
+
+    def __init__(self, api: Any, *, node: str) -> None:
+        self._core = kubernetes.client.CoreV1Api(api)
+        self._node = node
+
+    def post(self, notice: Notice) -> None:
+        ref = notice.ref
+        namespace = ref.namespace or "default"  # Events of cluster-scoped objects live in default
+        now = _now()
+        involved = {"kind": ref.kind, "apiVersion": ref.api_version, "name": ref.name, "uid": ref.uid}
+        if ref.namespace:
+            involved["namespace"] = ref.namespace
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{ref.name}.stockade-", "namespace": namespace},
+            "involvedObject": involved,
+            "reason": notice.reason,
+            "message": notice.message,
+            "type": notice.type,
+            "source": {"component": COMPONENT, "host": self._node},
+            "reportingComponent": f"stockade.io/{COMPONENT}",
+            "reportingInstance": self._node,
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        self._core.create_namespaced_event(namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
+
+
+def ipvs_evidence(api: Any, *, device: Path = IPVS_DEVICE) -> str | None:
+    """What shows kube-proxy in IPVS mode, or None."""
+    if device.exists():
+        return f"the {device.name} device exists on this node (kube-proxy creates it in IPVS mode)"
+    core = kubernetes.client.CoreV1Api(api)
+    try:
+        cm = core.read_namespaced_config_map("kube-proxy", "kube-system")
+    except kubernetes.client.ApiException as exc:
+        if exc.status in (403, 404):
+            return None  # no such ConfigMap (not kubeadm), or not ours to read
+        raise
+    for text in (cm.data or {}).values():
+        try:
+            conf = yaml.safe_load(text)
+        except yaml.YAMLError:
+            continue
+        if isinstance(conf, dict) and str(conf.get("mode", "")).lower() == "ipvs":
+            return "ConfigMap kube-system/kube-proxy sets mode: ipvs"
+    return None
+
+
+def ipvs_notice(node: str, node_uid: str, evidence: str) -> Notice:
+    return Notice(
+        ObjectRef("Node", "v1", node, None, node_uid),
+        "KubeProxyIPVS",
+        f"kube-proxy runs in IPVS mode ({evidence}): Service traffic bypasses the forward hook, so"
+        " NetworkPolicy is NOT enforced on traffic to Service addresses on this node."
+        " Use kube-proxy in nftables or iptables mode.",
+    )
+
+
+class ApiHealth:
+    """Whether the API server answers: the watches' health as far as the agent can see it (kopf
+    re-lists after an outage on its own; the agent must not claim readiness meanwhile)."""
+
+    def __init__(self, api: Any, *, interval: float = 5.0) -> None:
+        self._version = kubernetes.client.VersionApi(api)
+        self.interval = interval
+        self._last_ok: float | None = None
+
+    def healthy(self) -> bool:
+        return self._last_ok is not None and time.monotonic() - self._last_ok < 3 * self.interval
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(
+                    None, lambda: self._version.get_code(_request_timeout=self.interval)
+                )
+                self._last_ok = time.monotonic()
+            except Exception as exc:
+                log.warning("the API server did not answer: %s", exc)
+            await asyncio.sleep(self.interval)
+
+
+# Metadata only: a resync needs the UIDs, not 10,000 pod specs.
+_METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
+
+
+def list_uids(api: Any, path: str, *, page: int = 500) -> set[str]:
+    """UIDs of every object at the collection ``path`` (blocking; paged)."""
+    uids: set[str] = set()
+    token = ""
+    while True:
+        query = [("limit", str(page))] + ([("continue", token)] if token else [])
+        method, url, headers, _, _ = api.param_serialize(
+            "GET",
+            path,
+            query_params=query,
+            header_params={"Accept": _METADATA_LIST},
+            auth_settings=["BearerToken"],
+        )
+        response = api.call_api(method, url, header_params=headers, _request_timeout=60)
+        response.read()
+        if not 200 <= response.status < 300:
+            raise RuntimeError(f"listing {path}: {response.status} {response.reason}")
+        body = json.loads(response.data)
+        uids |= {item["metadata"]["uid"] for item in body.get("items") or []}
+        token = body.get("metadata", {}).get("continue", "")
+        if not token:
+            return uids

@@ -1,0 +1,100 @@
+"""API objects (watch event bodies) to the compiler's models, keeping only what the compiler reads.
+
+The agent holds every pod of the cluster, so a pod is trimmed before it is parsed: metadata
+without annotations or managed fields, a spec with only the node, host network and container
+ports, a status with only phase and addresses. Two bodies that differ elsewhere (conditions,
+images, resourceVersion) parse to equal models, which :mod:`.store` uses to drop events that
+change nothing the plan depends on.
+
+NetworkPolicies are parsed as the API shows them (the model is strict: a field it does not
+know is an :class:`UnreadableObject`, never silently ignored); a malformed rule is the
+cluster model's business (:mod:`compiler.defects`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from compiler.model import Namespace, NetworkPolicy, Node, Pod
+from controller.errors import StockadeError
+
+Kind = Literal["NetworkPolicy", "Pod", "Namespace", "Node"]
+KINDS: tuple[Kind, ...] = ("NetworkPolicy", "Pod", "Namespace", "Node")
+Model = NetworkPolicy | Pod | Namespace | Node
+
+# The metadata the compiler reads (pods are keyed by uid; the timestamps pick an address owner).
+_META_KEYS = ("name", "namespace", "uid", "labels", "creationTimestamp", "deletionTimestamp")
+_POD_SPEC_KEYS = ("nodeName", "hostNetwork")
+_CONTAINER_KEYS = ("name", "ports")
+_POD_STATUS_KEYS = ("phase", "podIP", "podIPs")
+
+
+_MODELS: dict[Kind, type[Model]] = {
+    "NetworkPolicy": NetworkPolicy,
+    "Pod": Pod,
+    "Namespace": Namespace,
+    "Node": Node,
+}
+
+
+class UnreadableObject(StockadeError):
+    """An object from the API that the compiler's model cannot hold; names the object."""
+
+    def __init__(self, kind: str, ref: str, cause: ValidationError) -> None:
+        fields = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in cause.errors(include_url=False)
+        )
+        super().__init__(f"{kind} {ref}: {fields}")
+        self.kind = kind
+        self.ref = ref
+
+
+def _pick(data: object, keys: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        return {}
+    return {k: data[k] for k in keys if data.get(k) is not None}
+
+
+def _containers(value: object) -> list[dict[str, Any]]:
+    return [_pick(c, _CONTAINER_KEYS) for c in value] if isinstance(value, list) else []
+
+
+def trimmed(kind: Kind, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of ``body`` the compiler reads."""
+    meta = _pick(body.get("metadata"), _META_KEYS)
+    if kind == "NetworkPolicy":
+        return {"metadata": meta, "spec": body.get("spec") or {}}
+    if kind == "Pod":
+        raw_spec = body.get("spec") if isinstance(body.get("spec"), Mapping) else {}
+        assert isinstance(raw_spec, Mapping)
+        spec = _pick(raw_spec, _POD_SPEC_KEYS)
+        spec["containers"] = _containers(raw_spec.get("containers"))
+        spec["initContainers"] = _containers(raw_spec.get("initContainers"))
+        return {"metadata": meta, "spec": spec, "status": _pick(body.get("status"), _POD_STATUS_KEYS)}
+    if kind == "Node":
+        return {
+            "metadata": meta,
+            "spec": _pick(body.get("spec"), ("podCIDR", "podCIDRs")),
+            "status": _pick(body.get("status"), ("addresses",)),
+        }
+    return {"metadata": meta}
+
+
+def ref_of(body: Mapping[str, Any]) -> str:
+    meta = body.get("metadata") if isinstance(body.get("metadata"), Mapping) else {}
+    assert isinstance(meta, Mapping)
+    name = meta.get("name", "?")
+    return f"{meta['namespace']}/{name}" if meta.get("namespace") else str(name)
+
+
+def parse(kind: Kind, body: Mapping[str, Any]) -> Model:
+    """The compiler's model of ``body``; raises :class:`UnreadableObject`."""
+    data = trimmed(kind, body)
+    model = _MODELS[kind]
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise UnreadableObject(kind, ref_of(body), exc) from exc

@@ -1,0 +1,288 @@
+"""kopf wiring: standalone, cluster-wide, watching NetworkPolicy, Pod, Namespace and Node, and
+writing nothing to them.
+
+Only event and index handlers are registered: kopf keeps no handler progress or diff-base for
+those, adds no finalizers and patches nothing; the storages are set to ones that cannot write
+anyway (:class:`_NoProgress`, :class:`_NoDiffBase`), posting kopf's own log lines as Events is
+off, and peering is off (``standalone``: one agent per node, none elects another).
+
+kopf indexes every object of the four kinds before it calls any event handler, so the first
+event handler call sees the complete initial listing in the indexes: the agent is seeded from
+them then, and only a plan compiled from a complete picture ever reaches the kernel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import kopf
+import kubernetes
+
+from controller.agent import kube
+from controller.agent.http import serve
+from controller.agent.loop import Agent
+from controller.agent.notices import Notice, ObjectRef
+from controller.agent.objects import Kind, Model, UnreadableObject, parse
+from controller.agent.seams import PlanApplier
+
+log = logging.getLogger(__name__)
+
+# kind -> (group/version as kopf takes it, plural, API version of Events' references)
+RESOURCES: dict[Kind, tuple[str, str, str]] = {
+    "NetworkPolicy": ("networking.k8s.io/v1", "networkpolicies", "networking.k8s.io/v1"),
+    "Pod": ("v1", "pods", "v1"),
+    "Namespace": ("v1", "namespaces", "v1"),
+    "Node": ("v1", "nodes", "v1"),
+}
+COLLECTIONS: dict[Kind, str] = {
+    "NetworkPolicy": "/apis/networking.k8s.io/v1/networkpolicies",
+    "Pod": "/api/v1/pods",
+    "Namespace": "/api/v1/namespaces",
+    "Node": "/api/v1/nodes",
+}
+RESYNC_INTERVAL = 300.0  # seconds; also right after the API server answers again after an outage
+
+
+class _NoProgress(kopf.ProgressStorage):
+    """Handler progress is never stored (event and index handlers have none to store)."""
+
+    def fetch(self, **_: Any) -> None:
+        return None
+
+    def store(self, **_: Any) -> None:
+        return None
+
+    def purge(self, **_: Any) -> None:
+        return None
+
+    def touch(self, **_: Any) -> None:
+        return None
+
+    def clear(self, *, essence: Any) -> Any:
+        return essence
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    def fetch(self, **_: Any) -> None:
+        return None
+
+    def store(self, **_: Any) -> None:
+        return None
+
+
+def settings() -> kopf.OperatorSettings:
+    s = kopf.OperatorSettings()
+    s.peering.standalone = True
+    s.peering.clusterwide = True
+    s.posting.enabled = False  # the agent posts its own Events (controller.agent.kube)
+    s.scanning.disabled = True  # cluster-wide: no namespace or CRD scanning needed
+    s.persistence.progress_storage = _NoProgress()
+    s.persistence.diffbase_storage = _NoDiffBase()
+    s.persistence.finalizer = ""  # never used: no handler needs one
+    # Reconnect quickly after an API outage: the kernel keeps the last plan meanwhile.
+    s.watching.reconnect_backoff = 0.5
+    s.watching.server_timeout = 300
+    s.watching.client_timeout = 330
+    return s
+
+
+def index_id(kind: Kind) -> str:
+    return f"stockade_{RESOURCES[kind][1]}"
+
+
+def _unreadable(kind: Kind, body: Any, exc: UnreadableObject) -> Notice:
+    meta = body.get("metadata", {})
+    ref = ObjectRef(
+        kind, RESOURCES[kind][2], meta.get("name", ""), meta.get("namespace"), meta.get("uid", "")
+    )
+    return Notice(ref, "Unreadable", f"Stockade cannot read this object, so it is ignored: {exc}")
+
+
+def _indexed(indexes: Mapping[str, Any]) -> Iterator[tuple[Kind, Model]]:
+    for kind in RESOURCES:
+        index = indexes[index_id(kind)]
+        for store in index.values():
+            for model in store:
+                yield kind, model
+
+
+def registry(agent: Agent, *, api_config: Any | None = None) -> kopf.OperatorRegistry:
+    reg = kopf.OperatorRegistry()
+
+    if api_config is not None:
+
+        @kopf.on.login(registry=reg)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kube.connection_info(api_config)
+
+    for kind, (group_version, plural, _) in RESOURCES.items():
+        _watch(reg, agent, kind, group_version, plural)
+    return reg
+
+
+def _watch(reg: kopf.OperatorRegistry, agent: Agent, kind: Kind, group_version: str, plural: str) -> None:
+    def index(body: Any, uid: str, **_: Any) -> dict[str, Model] | None:
+        try:
+            return {uid: parse(kind, body)}
+        except UnreadableObject:
+            return None  # the event handler reports it
+
+    kopf.index(group_version, plural, id=index_id(kind), registry=reg)(index)
+
+    async def on_event(event: Any, body: Any, uid: str, **kwargs: Any) -> None:
+        handle_event(agent, kind, event_type=event.get("type"), body=body, uid=uid, indexes=kwargs)
+
+    kopf.on.event(group_version, plural, id=f"stockade_{plural}_event", registry=reg)(on_event)
+
+
+def handle_event(
+    agent: Agent,
+    kind: Kind,
+    *,
+    event_type: str | None,
+    body: Any,
+    uid: str,
+    indexes: Mapping[str, Any],
+) -> None:
+    """One watch event (``event_type`` None: from a listing). ``indexes`` are kopf's, by id: the
+    first call seeds the agent from all of them (kopf calls no event handler before every kind
+    is listed and indexed), and the object itself is taken from its kind's index (parsed once)."""
+    arrived = time.monotonic()
+    if not agent.synced.is_set():
+        agent.seed(_indexed(indexes))
+    deleted = event_type == "DELETED"
+    obj: Model | None = None
+    if not deleted:
+        found = indexes[index_id(kind)].get(uid)
+        obj = next(iter(found), None) if found is not None else None
+        if obj is None:  # the index handler could not read it: say why
+            try:
+                obj = parse(kind, body)
+            except UnreadableObject as exc:
+                log.error("%s", exc)
+                agent.notice(_unreadable(kind, body, exc))
+    agent.observe(kind, obj, uid=uid, deleted=deleted, arrived=arrived)
+
+
+@dataclass(frozen=True)
+class Options:
+    node: str
+    kubeconfig: str | None = None
+    listen: tuple[str, int] = ("0.0.0.0", 9542)
+    debounce_ms: float = 10.0
+    check_interval: float = 30.0
+    cni_socket: str = "/run/stockade/cni.sock"
+    cni_timeout: float = 10.0
+
+
+async def _kube_proxy_watch(agent: Agent, api: Any) -> None:
+    """Looks once at start, then every 5 minutes (kube-proxy's mode changes only with a redeploy)."""
+    loop = asyncio.get_running_loop()
+    core = kubernetes.client.CoreV1Api(api)
+    while True:
+        try:
+            evidence = await loop.run_in_executor(None, kube.ipvs_evidence, api)
+            if evidence is not None:
+                node = await loop.run_in_executor(None, core.read_node, agent.node)
+                uid = node.metadata.uid if node.metadata is not None else None
+                notice = kube.ipvs_notice(agent.node, uid or "", evidence)
+                if agent.notice(notice):
+                    log.error("!!! %s", notice.message)
+        except Exception:
+            log.exception("could not tell kube-proxy's mode")
+        await asyncio.sleep(300)
+
+
+async def resync(agent: Agent, api: Any) -> int:
+    """Forget objects deleted while the watches were away (see :meth:`Agent.prune`)."""
+    loop = asyncio.get_running_loop()
+    pruned = 0
+    for kind, path in COLLECTIONS.items():
+        before = agent.known(kind)
+        listed = await loop.run_in_executor(None, kube.list_uids, api, path)
+        stale = agent.prune(kind, listed=listed, known_before=before)
+        if stale:
+            log.info("resync: %d %s object(s) were deleted while unseen: %s", len(stale), kind, sorted(stale))
+        pruned += len(stale)
+    return pruned
+
+
+async def _resync_loop(agent: Agent, api: Any, health: kube.ApiHealth) -> None:
+    await agent.synced.wait()
+    last = time.monotonic()
+    was_healthy = True
+    while True:
+        await asyncio.sleep(1.0)
+        healthy = health.healthy()
+        recovered = healthy and not was_healthy
+        was_healthy = healthy
+        if not healthy or not (recovered or time.monotonic() - last >= RESYNC_INTERVAL):
+            continue
+        if recovered:
+            await asyncio.sleep(5.0)  # let kopf's watches re-list first
+        try:
+            await resync(agent, api)
+            last = time.monotonic()
+        except Exception:
+            log.exception("resync failed; trying again in a second")
+
+
+class Server(Protocol):
+    """A server the agent runs alongside its watches (the CNI socket: ``controller.cnisocket``)."""
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+async def run(
+    options: Options,
+    applier: PlanApplier,
+    *,
+    stop: asyncio.Event | None = None,
+    cni_server: Callable[[Agent], Server] | None = None,
+) -> None:
+    """Run the agent until ``stop`` is set (or SIGINT/SIGTERM in the main thread);
+    ``cni_server`` makes the CNI socket's server for the agent (its sink)."""
+    cfg = kube.client_config(options.kubeconfig)
+    api = kubernetes.client.ApiClient(cfg)
+    health = kube.ApiHealth(api)
+    agent = Agent(
+        node=options.node,
+        applier=applier,
+        events=kube.KubeEvents(api, node=options.node),
+        debounce=options.debounce_ms / 1000,
+        check_interval=options.check_interval,
+        watches_healthy=health.healthy,
+    )
+    runner = await serve(agent, host=options.listen[0], port=options.listen[1])
+    cni = cni_server(agent) if cni_server is not None else None
+    if cni is not None:
+        await cni.start()
+    tasks = [
+        asyncio.create_task(agent.run(), name="stockade agent"),
+        asyncio.create_task(health.run(), name="stockade api health"),
+        asyncio.create_task(_kube_proxy_watch(agent, api), name="stockade kube-proxy mode"),
+        asyncio.create_task(_resync_loop(agent, api, health), name="stockade resync"),
+    ]
+    log.info("agent for node %s: endpoints on %s:%d", options.node, *options.listen)
+    try:
+        await kopf.operator(
+            registry=registry(agent, api_config=cfg),
+            settings=settings(),
+            standalone=True,
+            clusterwide=True,
+            stop_flag=stop,
+        )
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if cni is not None:
+            await cni.close()
+        await runner.cleanup()
+        api.close()  # type: ignore[no-untyped-call]

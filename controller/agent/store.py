@@ -1,0 +1,139 @@
+"""The agent's picture of the cluster: every watched object by UID, and what each event changes.
+
+An event is reduced to a :class:`Change` the compile understands: pod churn (the pod before and
+after, for :meth:`compiler.incremental.NodeCompiler.update_pod`), a CNI report, or a change of a
+policy, namespace or node (the plan is compiled again). An event that changes nothing the
+compiler reads (a pod's conditions, a node's heartbeat, a re-listed object) is no change.
+
+Objects are keyed by UID, so a late DELETE of an object's previous incarnation (a StatefulSet pod
+re-created under the same name) removes that incarnation only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from compiler.cluster import ClusterModel
+from compiler.model import Namespace, NetworkPolicy, Node, Pod
+from controller.agent.objects import Kind, Model
+
+
+@dataclass(frozen=True)
+class PodChange:
+    uid: str
+    old: Pod | None
+    new: Pod | None
+
+
+@dataclass(frozen=True)
+class CniChange:
+    uid: str
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """A policy, namespace or node changed: only a full compile is right."""
+
+    kind: Kind
+    uid: str
+
+
+Change = PodChange | CniChange | ModelChange
+
+
+def _by_name(obj: Namespace | Node) -> str:
+    return obj.metadata.name
+
+
+def _by_ref(obj: Pod | NetworkPolicy) -> tuple[str, str, str]:
+    # The loader's order (namespace/name), then uid: two incarnations of one name both sort.
+    return (obj.metadata.namespace or "", obj.metadata.name, obj.metadata.uid or "")
+
+
+@dataclass
+class Store:
+    pods: dict[str, Pod] = field(default_factory=dict)
+    policies: dict[str, NetworkPolicy] = field(default_factory=dict)
+    namespaces: dict[str, Namespace] = field(default_factory=dict)
+    nodes: dict[str, Node] = field(default_factory=dict)
+    cni: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def _table(self, kind: Kind) -> dict[str, Model]:
+        tables: dict[str, dict[str, Model]] = {
+            "Pod": self.pods,  # type: ignore[dict-item]
+            "NetworkPolicy": self.policies,  # type: ignore[dict-item]
+            "Namespace": self.namespaces,  # type: ignore[dict-item]
+            "Node": self.nodes,  # type: ignore[dict-item]
+        }
+        return tables[kind]
+
+    def uids(self, kind: Kind) -> set[str]:
+        return set(self._table(kind))
+
+    def upsert(self, kind: Kind, obj: Model) -> Change | None:
+        uid = obj.metadata.uid
+        if not uid:
+            raise ValueError(f"{kind} {obj.metadata.name}: an object from the API without metadata.uid")
+        table = self._table(kind)
+        old = table.get(uid)
+        if old == obj:
+            return None
+        table[uid] = obj
+        if kind == "Pod":
+            assert isinstance(obj, Pod) and (old is None or isinstance(old, Pod))
+            return PodChange(uid, old, obj)
+        return ModelChange(kind, uid)
+
+    def delete(self, kind: Kind, uid: str) -> Change | None:
+        old = self._table(kind).pop(uid, None)
+        if old is None:
+            return None
+        if kind == "Pod":
+            assert isinstance(old, Pod)
+            # The sandbox is gone with the pod; a report for this UID no longer counts.
+            self.cni.pop(uid, None)
+            return PodChange(uid, old, None)
+        return ModelChange(kind, uid)
+
+    def report_cni(self, uid: str, addresses: tuple[str, ...]) -> Change | None:
+        """The CNI plugin's addresses for pod ``uid`` (empty: its sandbox is gone)."""
+        if self.cni.get(uid, ()) == addresses:
+            return None
+        if addresses:
+            self.cni[uid] = addresses
+        else:
+            self.cni.pop(uid, None)
+        return CniChange(uid, addresses)
+
+    def snapshot(self) -> Snapshot:
+        """Everything held now; cheap (the models are immutable and shared)."""
+        return Snapshot(
+            namespaces=tuple(self.namespaces.values()),
+            pods=tuple(self.pods.values()),
+            policies=tuple(self.policies.values()),
+            nodes=tuple(self.nodes.values()),
+            cni=tuple(self.cni.items()),
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The store at one moment; :meth:`model` (sorting, checking policies) runs off the event loop."""
+
+    namespaces: tuple[Namespace, ...] = ()
+    pods: tuple[Pod, ...] = ()
+    policies: tuple[NetworkPolicy, ...] = ()
+    nodes: tuple[Node, ...] = ()
+    cni: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def model(self) -> ClusterModel:
+        """The compiler's model, ordered as the loader orders manifests."""
+        return ClusterModel(
+            namespaces=tuple(sorted(self.namespaces, key=_by_name)),
+            pods=tuple(sorted(self.pods, key=_by_ref)),
+            policies=tuple(sorted(self.policies, key=_by_ref)),
+            nodes=tuple(sorted(self.nodes, key=_by_name)),
+            cni_addresses=MappingProxyType(dict(self.cni)),
+        )
