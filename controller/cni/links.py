@@ -87,6 +87,22 @@ def netns_fd(path: str) -> Iterator[int]:
         os.close(fd)
 
 
+def verify_netns(path: str) -> None:
+    """Raise unless ``path`` is a network namespace we can enter (checked before allocating)."""
+    with netns_fd(path) as fd:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                netns.setns(fd, flags=0)
+            except OSError as exc:
+                raise CniError(
+                    UNKNOWN_CONTAINER, f"CNI_NETNS {path} is not a network namespace", str(exc)
+                ) from exc
+            netns.setns(home, flags=0)
+        finally:
+            os.close(home)
+
+
 @contextlib.contextmanager
 def ipr_in(fd: int, path: str) -> Iterator[Any]:
     """An IPRoute whose socket lives in the namespace ``fd``."""

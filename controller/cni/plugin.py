@@ -89,8 +89,7 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
 
     owner = Attachment(container_id=env.container_id, ifname=env.ifname)
     host_ifname = pod_interface(env.container_id, env.ifname)
-    with links.netns_fd(env.netns):
-        pass  # a missing sandbox fails here, before anything is allocated
+    links.verify_netns(env.netns)  # a missing sandbox fails here, before anything is allocated
     ipam = _ipam(conf)
     with ipam.locked():
         reused = bool(ipam.owned_by(owner))
