@@ -15,7 +15,15 @@ from tests.support.cniagent import FakeAgent
 from tests.support.cnilab import CniLab, PluginRun
 
 # What containerd passes (K8S_POD_INFRA_CONTAINER_ID and IgnoreUnknown included).
-POD_ARGS = "IgnoreUnknown=1;K8S_POD_NAMESPACE=ns-a;K8S_POD_NAME=pod-a;K8S_POD_UID=uid-a;K8S_POD_INFRA_CONTAINER_ID=c1"
+POD_ARGS = ";".join(
+    [
+        "IgnoreUnknown=1",
+        "K8S_POD_NAMESPACE=ns-a",
+        "K8S_POD_NAME=pod-a",
+        "K8S_POD_UID=uid-a",
+        "K8S_POD_INFRA_CONTAINER_ID=c1",
+    ]
+)
 
 
 @pytest.fixture
