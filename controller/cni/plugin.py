@@ -95,6 +95,7 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
         reused = bool(ipam.owned_by(owner))
         allocations = ipam.allocate(owner)
     addresses = [a.address for a in allocations]
+    asked_agent = False
     with IPRoute() as ipr:
         try:
             links.remove_host_link(ipr, host_ifname)  # left by a crash mid-ADD of this attachment
@@ -107,9 +108,12 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
                 addresses=addresses,
                 mtu=mtu,
             )
+            asked_agent = True
             _report(env, conf, [str(a) for a in addresses])
         except BaseException:
             links.remove_host_link(ipr, host_ifname)
+            if asked_agent:  # it may have recorded the addresses before it refused
+                _forget(conf, env.container_id, env)
             with ipam.locked():
                 # Addresses this ADD took were never used: free at once. Ones held before (an
                 # earlier, crashed ADD) may have carried traffic: quarantined.

@@ -101,6 +101,7 @@ def test_add_fails_and_rolls_back_when_the_agent_cannot_program(lab: CniLab, fai
         assert run.returncode != 0
         error = run.json()
         assert error["code"] == code and "ns-a/pod-a" in error["msg"], error
+        assert [f.container_id for f in agent.sink.forgets] == ["c1"]  # told to drop what it saw
         assert lab.snapshot() == before
         assert not [p for p in (lab.ipam_dir / lab.network).iterdir() if p.is_file() and p.name[0].isdigit()]
 
