@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         return install(args[1:])
     data = sys.stdin.buffer.read()
     version = config.version_of(data)
+    if os.environ.get("CNI_COMMAND") in ("ADD", "DEL", "CHECK", "GC"):
+        _light_pyroute2()
     try:
         output = run(dict(os.environ), data)
     except CniError as exc:
@@ -55,6 +57,37 @@ def main(argv: list[str] | None = None) -> int:
     if output is not None:
         sys.stdout.write(json.dumps(output) + "\n")
     return 0
+
+
+def _light_pyroute2() -> None:
+    """Let ``import pyroute2.<module>`` skip pyroute2's package ``__init__``, which imports every
+    pyroute2 module (conntrack, NDB, IPVS, WiFi, ...) and is most of an ADD's start-up time; the
+    plugin needs only the RTNL socket and netns. Done only here, in the plugin's own short-lived
+    process: a long-running process (the agent, tests) imports pyroute2 normally. If pyroute2's
+    layout ever changes, the normal import is used."""
+    import importlib.util  # noqa: PLC0415
+    import types  # noqa: PLC0415
+
+    if "pyroute2" in sys.modules:
+        return
+    spec = importlib.util.find_spec("pyroute2")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    package = types.ModuleType("pyroute2")
+    package.__path__ = list(spec.submodule_search_locations)
+    package.__spec__ = spec
+    package.__file__ = spec.origin
+    sys.modules["pyroute2"] = package
+    try:
+        from pyroute2 import netns  # noqa: PLC0415, F401 - probe the layout
+        from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415
+        from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415, F401
+    except ImportError:
+        for name in [m for m in sys.modules if m == "pyroute2" or m.startswith("pyroute2.")]:
+            del sys.modules[name]
+        return
+    # What `from pyroute2 import IPRoute` (the commands' import) needs from the package.
+    package.IPRoute = IPRoute  # type: ignore[attr-defined]
 
 
 def run(environ: Mapping[str, str], data: bytes) -> dict[str, Any] | None:
