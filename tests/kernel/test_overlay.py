@@ -28,10 +28,19 @@ class TwoNodes:
     node2: OverlayNode
 
 
+def strict_reverse_path() -> None:
+    """Strict rp_filter on every interface of the node (inside its worker): decapsulated pod
+    traffic must come in on the interface the route back to its source uses."""
+    for key in ("all", "default"):
+        with open(f"/proc/sys/net/ipv4/conf/{key}/rp_filter", "w") as f:
+            f.write("1")
+
+
 def _join(one: CniLab, two: CniLab, family: int) -> None:
     first, second, prefixlen = UNDERLAY[family]
 
     def make() -> None:
+        strict_reverse_path()
         with IPRoute() as ipr:
             ipr.link("add", ifname="ul0", kind="veth", peer={"ifname": "ul0", "net_ns_fd": two.node})
             index = ipr.link_lookup(ifname="ul0")[0]
@@ -39,6 +48,7 @@ def _join(one: CniLab, two: CniLab, family: int) -> None:
             ipr.link("set", index=index, state="up")
 
     def peer() -> None:
+        strict_reverse_path()
         with IPRoute() as ipr:
             index = ipr.link_lookup(ifname="ul0")[0]
             ipr.addr("add", index=index, address=second, prefixlen=prefixlen, flags=0x02)
