@@ -28,6 +28,8 @@ LINK_FAILURE = 101
 AGENT_REFUSED = 102
 CHECK_FAILED = 103
 INTERFACE_CONFLICT = 104
+# A bug in stockade-cni (an exception it did not expect); the message names the exception.
+INTERNAL = 199
 
 
 class CniError(Exception):

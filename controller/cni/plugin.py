@@ -18,19 +18,22 @@ import os
 import re
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from controller.cni import config
 from controller.cni.config import Attachment, CniEnv, NetConf
 from controller.cni.errors import (
     AGENT_REFUSED,
     CHECK_FAILED,
+    INTERNAL,
     NOT_AVAILABLE,
     TRY_AGAIN_LATER,
     CniError,
 )
 
-INTERNAL_ERROR = 199
+if TYPE_CHECKING:
+    from controller.cni.ipam import Ipam
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(exc.to_json(version) + "\n")
         return 1
     except Exception as exc:  # a bug: still answer with an error object the runtime can show
-        error = CniError(INTERNAL_ERROR, f"stockade-cni failed unexpectedly: {type(exc).__name__}: {exc}")
+        error = CniError(INTERNAL, f"stockade-cni failed unexpectedly: {type(exc).__name__}: {exc}")
         print(f"stockade-cni: {error}", file=sys.stderr)
         sys.stdout.write(error.to_json(version) + "\n")
         return 1
@@ -108,7 +111,7 @@ def run(environ: Mapping[str, str], data: bytes) -> dict[str, Any] | None:
     return None
 
 
-def _ipam(conf: NetConf) -> Any:
+def _ipam(conf: NetConf) -> Ipam:
     from controller.cni.ipam import Ipam  # noqa: PLC0415
 
     return Ipam(conf.ipam_dir, conf.name, conf.pod_cidrs, quarantine=conf.quarantine_seconds)
