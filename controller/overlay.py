@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from compiler.ifnames import VXLAN_INTERFACE
+from compiler.model import Node
 from controller.errors import UsageError
 
 # The VXLAN network identifier and UDP port (IANA's 4789) of Stockade's overlay.
@@ -57,6 +58,11 @@ class OverlayNode:
 
     def underlay(self, family: int) -> str | None:
         return next((a for a in self.internal_ips if ipaddress.ip_address(a).version == family), None)
+
+
+def overlay_node(node: Node) -> OverlayNode:
+    """The overlay's view of a Node object (what the agent's Node watch feeds :func:`sync`)."""
+    return OverlayNode(name=node.metadata.name, internal_ips=node.internal_ips(), pod_cidrs=node.pod_cidrs())
 
 
 @dataclass(frozen=True, order=True)

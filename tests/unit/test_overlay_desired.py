@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from compiler.model import Node
 from controller.errors import UsageError
-from controller.overlay import Fdb, Neighbour, OverlayNode, Route, desired, vtep_mac
+from controller.overlay import Fdb, Neighbour, OverlayNode, Route, desired, overlay_node, vtep_mac
 
 A = OverlayNode("a", ("192.0.2.1", "2001:db8::1"), ("10.244.1.0/24", "fd00:10:244:1::/64"))
 B = OverlayNode("b", ("192.0.2.2", "2001:db8::2"), ("10.244.2.0/24", "fd00:10:244:2::/64"))
@@ -60,3 +61,20 @@ def test_macs_are_stable_local_unicast_and_distinct() -> None:
 
 def test_same_input_same_state_whatever_the_order() -> None:
     assert desired(A, [B, A, D_NO_CIDRS]) == desired(A, [D_NO_CIDRS, A, B])
+
+
+def test_from_a_node_object() -> None:
+    node = Node.model_validate(
+        {
+            "metadata": {"name": "n1", "uid": "u1"},
+            "spec": {"podCIDR": "10.244.1.0/24", "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"]},
+            "status": {
+                "addresses": [
+                    {"type": "Hostname", "address": "n1"},
+                    {"type": "InternalIP", "address": "192.0.2.1"},
+                    {"type": "ExternalIP", "address": "198.51.100.1"},
+                ]
+            },
+        }
+    )
+    assert overlay_node(node) == OverlayNode("n1", ("192.0.2.1",), ("10.244.1.0/24", "fd00:10:244:1::/64"))
