@@ -104,6 +104,11 @@ def _state() -> dict[str, Any]:
         }
 
 
+def _device_mac() -> str:
+    with IPRoute() as ipr:
+        return str(ipr.get_links(ipr.link_lookup(ifname=VXLAN_INTERFACE)[0])[0].get_attr("IFLA_ADDRESS"))
+
+
 def _add_pod(lab: CniLab) -> tuple[str, list[str]]:
     pod = lab.new_pod()
     run = lab.run("ADD", container_id=f"{lab.lab_id}-pod", pod=pod)
@@ -144,7 +149,8 @@ def test_pods_on_two_nodes_talk_over_v4_and_v6(nodes: TwoNodes) -> None:
 def test_sync_follows_nodes_leaving_and_moving(nodes: TwoNodes) -> None:
     all_nodes = [nodes.node1, nodes.node2]
     nodes.one.in_node(overlay.sync, nodes.node1, all_nodes)
-    mac2 = overlay.vtep_mac("node-2")
+    nodes.two.in_node(overlay.sync, nodes.node2, all_nodes)
+    mac2 = nodes.two.in_node(_device_mac)  # node 1 must point at node 2's real device
     state = nodes.one.in_node(_state)
     assert state["routes"] == ["10.99.2.0/24 via 10.99.2.0", "fd00:99:2::/64 via fd00:99:2::"]
     assert state["neigh"] == sorted([f"10.99.2.0 {mac2}", f"fd00:99:2:: {mac2}"])
