@@ -35,7 +35,6 @@ if TYPE_CHECKING:
     from controller.cni.ipam import Ipam
 
 
-
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["install"]:
