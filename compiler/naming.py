@@ -21,6 +21,9 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
+# Interface names are defined in compiler.ifnames (import-free, for the CNI plugin) and re-exported.
+from compiler.ifnames import POD_INTERFACE_PREFIX as POD_INTERFACE_PREFIX  # noqa: PLC0414 - re-export
+from compiler.ifnames import VXLAN_INTERFACE as VXLAN_INTERFACE  # noqa: PLC0414 - re-export
 from compiler.model import Direction, Family
 
 TABLE = "stockade"

@@ -1,0 +1,7 @@
+"""``python -m controller.cni``: the same as the ``stockade-cni`` console script."""
+
+import sys
+
+from controller.cni.plugin import main
+
+sys.exit(main())

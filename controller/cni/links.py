@@ -1,0 +1,291 @@
+"""The pod's links, addresses and routes, through netlink (pyroute2): the routing model.
+
+::
+
+    node netns                                 pod netns (CNI_NETNS)
+    stk<hash> (host veth)  ───── veth ─────  CNI_IFNAME
+      fe80::1/64, proxy_arp                    10.244.1.5/32, fd00:10:244:1::5/128
+    10.244.1.5/32 dev stk<hash>                default via 169.254.1.1 onlink
+    fd00:10:244:1::5/128 dev stk<hash>         default via fe80::1
+                                               169.254.1.1, fe80::1 -> host veth MAC (permanent)
+
+Pods are routed, not bridged: every packet of a pod crosses the node's forward (or input) hook.
+The pod's next hops are link-local, so no node address is spent per pod and the same
+configuration works on every node. The pod's neighbour entries for them are permanent (the
+pod never has to resolve its gateway); proxy ARP on the host veth answers anything else the
+pod asks for, and fe80::1 on the host veth answers NDP.
+
+The veth pair is created with its peer directly in the pod's namespace under its final name (one
+netlink request), so a crash never leaves a pod-side interface under a temporary name. The pod
+namespace is reached with a netlink socket opened inside it (setns there and back on this
+thread: the plugin is single-threaded, and a socket keeps the namespace it was made in).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
+
+from controller.cni.errors import INTERFACE_CONFLICT, LINK_FAILURE, UNKNOWN_CONTAINER, CniError
+from controller.cni.ipam import Address
+
+GATEWAY4 = "169.254.1.1"
+GATEWAY6 = "fe80::1"
+IFA_F_NODAD = 0x02
+RTNH_F_ONLINK = 0x04
+RT_SCOPE_LINK = 253
+NUD_PERMANENT = 0x80
+# VXLAN encapsulation: outer Ethernet 14 + IPv4 20 (IPv6 40) + UDP 8 + VXLAN 8.
+OVERHEAD_V4 = 50
+OVERHEAD_V6 = 70
+FALLBACK_UPLINK_MTU = 1500
+
+
+@dataclass(frozen=True)
+class PodLink:
+    host_ifname: str
+    host_mac: str
+    pod_ifname: str
+    pod_mac: str
+    sandbox: str
+
+
+def default_mtu(ipr: Any) -> int:
+    """The uplink's MTU minus the VXLAN overhead: the uplink is the default route's device (IPv4
+    first: the overlay prefers an IPv4 underlay)."""
+    for family, overhead in ((socket.AF_INET, OVERHEAD_V4), (socket.AF_INET6, OVERHEAD_V6)):
+        for route in ipr.get_default_routes(family=family):
+            oif = route.get_attr("RTA_OIF")
+            if oif is None:
+                continue
+            links = ipr.get_links(oif)
+            if links:
+                return int(links[0].get_attr("IFLA_MTU")) - overhead
+    return FALLBACK_UPLINK_MTU - OVERHEAD_V6
+
+
+@contextlib.contextmanager
+def netns_fd(path: str) -> Iterator[int]:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise CniError(UNKNOWN_CONTAINER, f"CNI_NETNS {path} does not exist (the sandbox is gone?)") from exc
+    except OSError as exc:
+        raise CniError(UNKNOWN_CONTAINER, f"CNI_NETNS {path} cannot be opened", str(exc)) from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def verify_netns(path: str) -> None:
+    """Raise unless ``path`` is a network namespace we can enter (checked before allocating)."""
+    with netns_fd(path) as fd:
+        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                netns.setns(fd, flags=0)
+            except OSError as exc:
+                raise CniError(
+                    UNKNOWN_CONTAINER, f"CNI_NETNS {path} is not a network namespace", str(exc)
+                ) from exc
+            netns.setns(home, flags=0)
+        finally:
+            os.close(home)
+
+
+@contextlib.contextmanager
+def ipr_in(fd: int, path: str) -> Iterator[Any]:
+    """An IPRoute whose socket lives in the namespace ``fd``."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            netns.setns(fd, flags=0)
+        except OSError as exc:
+            raise CniError(
+                UNKNOWN_CONTAINER, f"CNI_NETNS {path} is not a network namespace", str(exc)
+            ) from exc
+        try:
+            ipr = IPRoute()
+        finally:
+            netns.setns(home, flags=0)
+    finally:
+        os.close(home)
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _index(ipr: Any, ifname: str) -> int | None:
+    found = ipr.link_lookup(ifname=ifname)
+    return int(found[0]) if found else None
+
+
+def _mac(ipr: Any, index: int) -> str:
+    return str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
+
+
+def _sysctl(key: str, value: str) -> None:
+    path = Path("/proc/sys") / key
+    if path.read_text().strip() != value:
+        path.write_text(value)
+
+
+def remove_host_link(ipr: Any, host_ifname: str) -> bool:
+    """Delete the pod's veth pair by its host end (the peer goes with it). False: it was gone."""
+    index = _index(ipr, host_ifname)
+    if index is None:
+        return False
+    try:
+        ipr.link("del", index=index)
+    except NetlinkError as exc:
+        if exc.code != 19:  # ENODEV: deleted meanwhile
+            raise CniError(LINK_FAILURE, f"cannot delete {host_ifname}", str(exc)) from exc
+    return True
+
+
+def create(
+    ipr: Any,
+    *,
+    host_ifname: str,
+    pod_ifname: str,
+    netns_path: str,
+    addresses: list[Address],
+    mtu: int,
+) -> PodLink:
+    """The veth pair, addresses, routes and neighbours of one pod; raises CniError, leaving the
+    caller to remove the host link (which removes everything here)."""
+    with netns_fd(netns_path) as fd, ipr_in(fd, netns_path) as pod:
+        if _index(pod, pod_ifname) is not None:
+            raise CniError(
+                INTERFACE_CONFLICT,
+                f"the sandbox already has an interface {pod_ifname} that is not Stockade's "
+                f"(no {host_ifname} on the node); choose another CNI_IFNAME or remove it",
+            )
+        try:
+            ipr.link(
+                "add",
+                ifname=host_ifname,
+                kind="veth",
+                mtu=mtu,
+                peer={"ifname": pod_ifname, "net_ns_fd": fd, "mtu": mtu},
+            )
+        except NetlinkError as exc:
+            raise CniError(
+                LINK_FAILURE, f"cannot create the veth pair {host_ifname}/{pod_ifname}", str(exc)
+            ) from exc
+        try:
+            host = _index(ipr, host_ifname)
+            inner = _index(pod, pod_ifname)
+            if host is None or inner is None:
+                raise CniError(
+                    LINK_FAILURE, f"the veth pair {host_ifname}/{pod_ifname} vanished after creation"
+                )
+            host_mac, pod_mac = _mac(ipr, host), _mac(pod, inner)
+            _configure_host(ipr, host, host_ifname=host_ifname, addresses=addresses)
+            _configure_pod(pod, inner, addresses=addresses, host_mac=host_mac)
+        except NetlinkError as exc:
+            raise CniError(LINK_FAILURE, f"cannot configure {host_ifname}/{pod_ifname}", str(exc)) from exc
+        except OSError as exc:
+            raise CniError(LINK_FAILURE, f"cannot configure {host_ifname}/{pod_ifname}", str(exc)) from exc
+    return PodLink(
+        host_ifname=host_ifname, host_mac=host_mac, pod_ifname=pod_ifname, pod_mac=pod_mac, sandbox=netns_path
+    )
+
+
+def _configure_host(ipr: Any, index: int, *, host_ifname: str, addresses: list[Address]) -> None:
+    _sysctl(f"net/ipv4/conf/{host_ifname}/proxy_arp", "1")
+    # Forwarding is what routes pods at all; enabling it per family only when that family has pods.
+    if any(a.version == 4 for a in addresses):
+        _sysctl("net/ipv4/ip_forward", "1")
+    if any(a.version == 6 for a in addresses):
+        _sysctl("net/ipv6/conf/all/forwarding", "1")
+        ipr.addr("add", index=index, address=GATEWAY6, prefixlen=64, flags=IFA_F_NODAD)
+    ipr.link("set", index=index, state="up")
+    for address in addresses:
+        if address.version == 4:
+            ipr.route("replace", dst=f"{address}/32", oif=index, scope=RT_SCOPE_LINK)
+        else:
+            ipr.route("replace", dst=f"{address}/128", oif=index, family=socket.AF_INET6)
+
+
+def _configure_pod(pod: Any, index: int, *, addresses: list[Address], host_mac: str) -> None:
+    lo = _index(pod, "lo")
+    if lo is not None:
+        pod.link("set", index=lo, state="up")
+    pod.link("set", index=index, state="up")
+    for address in addresses:
+        if address.version == 4:
+            pod.addr("add", index=index, address=str(address), prefixlen=32)
+            pod.neigh("replace", dst=GATEWAY4, lladdr=host_mac, ifindex=index, state=NUD_PERMANENT)
+            pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY4, oif=index, flags=RTNH_F_ONLINK)
+        else:
+            pod.addr("add", index=index, address=str(address), prefixlen=128, flags=IFA_F_NODAD)
+            pod.neigh(
+                "replace",
+                dst=GATEWAY6,
+                lladdr=host_mac,
+                ifindex=index,
+                state=NUD_PERMANENT,
+                family=socket.AF_INET6,
+            )
+            pod.route("add", dst="::/0", gateway=GATEWAY6, oif=index, family=socket.AF_INET6)
+
+
+def check(
+    ipr: Any, *, host_ifname: str, pod_ifname: str, netns_path: str, addresses: list[Address]
+) -> list[str]:
+    """What differs from the routing model for this pod (empty: all is as ADD made it)."""
+    problems: list[str] = []
+    host = _index(ipr, host_ifname)
+    if host is None:
+        return [f"the host veth {host_ifname} is missing"]
+    routes = {
+        (r.get_attr("RTA_DST"), r["dst_len"])
+        for family in (socket.AF_INET, socket.AF_INET6)
+        for r in ipr.get_routes(family=family, oif=host)
+    }
+    for address in addresses:
+        if (str(address), address.max_prefixlen) not in routes:
+            problems.append(f"the node has no route {address}/{address.max_prefixlen} dev {host_ifname}")
+    with netns_fd(netns_path) as fd, ipr_in(fd, netns_path) as pod:
+        inner = _index(pod, pod_ifname)
+        if inner is None:
+            return [*problems, f"the sandbox has no interface {pod_ifname}"]
+        peer = pod.get_links(inner)[0].get_attr("IFLA_LINK")
+        if peer != host:
+            problems.append(f"{pod_ifname} in the sandbox is not the peer of {host_ifname}")
+        have = {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in pod.get_addr(index=inner)}
+        problems += [f"{pod_ifname} lacks the address {a}" for a in addresses if a not in have]
+        defaults = {
+            r.get_attr("RTA_GATEWAY")
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for r in pod.get_routes(family=family, oif=inner)
+            if r["dst_len"] == 0
+        }
+        for address in addresses:
+            gateway = GATEWAY4 if address.version == 4 else GATEWAY6
+            if gateway not in defaults:
+                problems.append(f"the sandbox has no default route via {gateway} dev {pod_ifname}")
+    return problems
+
+
+def pod_side_absent(netns_path: str, pod_ifname: str) -> bool:
+    """True when the sandbox (if it still exists) has no ``pod_ifname``."""
+    if not netns_path or not os.path.exists(netns_path):
+        return True
+    try:
+        with netns_fd(netns_path) as fd, ipr_in(fd, netns_path) as pod:
+            return _index(pod, pod_ifname) is None
+    except CniError:
+        return True

@@ -1,0 +1,171 @@
+"""The VXLAN overlay between two nodes (network namespaces joined by a veth underlay), each with
+a pod attached by stockade-cni: pods reach each other over IPv4 and IPv6, on an IPv4 or an IPv6
+underlay; sync converges when a node leaves or moves, and changes nothing when nothing changed."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute
+
+from compiler.ifnames import VXLAN_INTERFACE
+from controller import overlay
+from controller.overlay import OverlayNode
+from tests.support.cnilab import CniLab, connect, listen, serve_once
+
+UNDERLAY = {4: ("192.0.2.1", "192.0.2.2", 24), 6: ("fd00:ffff::1", "fd00:ffff::2", 64)}
+
+
+@dataclass
+class TwoNodes:
+    one: CniLab
+    two: CniLab
+    node1: OverlayNode
+    node2: OverlayNode
+
+
+def strict_reverse_path() -> None:
+    """Strict rp_filter on every interface of the node (inside its worker): decapsulated pod
+    traffic must come in on the interface the route back to its source uses."""
+    for key in ("all", "default"):
+        with open(f"/proc/sys/net/ipv4/conf/{key}/rp_filter", "w") as f:
+            f.write("1")
+
+
+def _join(one: CniLab, two: CniLab, family: int) -> None:
+    first, second, prefixlen = UNDERLAY[family]
+
+    def make() -> None:
+        strict_reverse_path()
+        with IPRoute() as ipr:
+            ipr.link("add", ifname="ul0", kind="veth", peer={"ifname": "ul0", "net_ns_fd": two.node})
+            index = ipr.link_lookup(ifname="ul0")[0]
+            ipr.addr("add", index=index, address=first, prefixlen=prefixlen, flags=0x02)
+            ipr.link("set", index=index, state="up")
+
+    def peer() -> None:
+        strict_reverse_path()
+        with IPRoute() as ipr:
+            index = ipr.link_lookup(ifname="ul0")[0]
+            ipr.addr("add", index=index, address=second, prefixlen=prefixlen, flags=0x02)
+            ipr.link("set", index=index, state="up")
+
+    one.in_node(make)
+    two.in_node(peer)
+
+
+@pytest.fixture(params=[4, 6], ids=["v4-underlay", "v6-underlay"])
+def nodes(request: pytest.FixtureRequest) -> Iterator[TwoNodes]:
+    family = request.param
+    with (
+        CniLab(pod_cidrs=("10.99.1.0/24", "fd00:99:1::/64")) as one,
+        CniLab(pod_cidrs=("10.99.2.0/24", "fd00:99:2::/64")) as two,
+    ):
+        _join(one, two, family)
+        first, second, _ = UNDERLAY[family]
+        yield TwoNodes(
+            one=one,
+            two=two,
+            node1=OverlayNode("node-1", (first,), one.pod_cidrs),
+            node2=OverlayNode("node-2", (second,), two.pod_cidrs),
+        )
+
+
+def _state() -> dict[str, Any]:
+    """The overlay device's routes, neighbours and FDB entries (inside a node's worker)."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname=VXLAN_INTERFACE)
+        if not found:
+            return {"device": False}
+        index = found[0]
+        return {
+            "device": True,
+            "routes": sorted(
+                f"{r.get_attr('RTA_DST')}/{r['dst_len']} via {r.get_attr('RTA_GATEWAY')}"
+                for family in (socket.AF_INET, socket.AF_INET6)
+                for r in ipr.get_routes(family=family, oif=index, table=254)
+                if r.get_attr("RTA_GATEWAY")
+            ),
+            "neigh": sorted(
+                f"{n.get_attr('NDA_DST')} {n.get_attr('NDA_LLADDR')}"
+                for family in (socket.AF_INET, socket.AF_INET6)
+                for n in ipr.get_neighbours(family=family, ifindex=index)
+                if n["state"] & 0x80  # permanent (multicast entries are NOARP)
+            ),
+            "fdb": sorted(
+                f"{f.get_attr('NDA_LLADDR')} {f.get_attr('NDA_DST')}"
+                for f in ipr.fdb("dump", ifindex=index)
+                if f["ifindex"] == index and f.get_attr("NDA_DST")
+            ),
+        }
+
+
+def _device_mac() -> str:
+    with IPRoute() as ipr:
+        return str(ipr.get_links(ipr.link_lookup(ifname=VXLAN_INTERFACE)[0])[0].get_attr("IFLA_ADDRESS"))
+
+
+def _add_pod(lab: CniLab) -> tuple[str, list[str]]:
+    pod = lab.new_pod()
+    run = lab.run("ADD", container_id=f"{lab.lab_id}-pod", pod=pod)
+    assert run.returncode == 0, run
+    return pod, [entry["address"].split("/")[0] for entry in run.json()["ips"]]
+
+
+def _talk(src: tuple[CniLab, str, str], dst: tuple[CniLab, str, str]) -> str:
+    (src_lab, src_pod, _), (dst_lab, dst_pod, dst_address) = src, dst
+    server = dst_lab.in_pod(dst_pod, listen, dst_address)
+    try:
+        thread = serve_once(server, b"hello")
+        answer: str = src_lab.in_pod(src_pod, connect, dst_address, server.getsockname()[1])
+        thread.join(5)
+        return answer
+    finally:
+        server.close()
+
+
+def test_pods_on_two_nodes_talk_over_v4_and_v6(nodes: TwoNodes) -> None:
+    all_nodes = [nodes.node1, nodes.node2]
+    report1 = nodes.one.in_node(overlay.sync, nodes.node1, all_nodes)
+    report2 = nodes.two.in_node(overlay.sync, nodes.node2, all_nodes)
+    assert report1.device_created and report2.device_created
+    pod_a, addr_a = _add_pod(nodes.one)
+    pod_b, addr_b = _add_pod(nodes.two)
+    for family in (0, 1):
+        answer = _talk((nodes.one, pod_a, addr_a[family]), (nodes.two, pod_b, addr_b[family]))
+        assert answer == f"hello {addr_a[family]}"  # no NAT: the pod's own address arrives
+        answer = _talk((nodes.two, pod_b, addr_b[family]), (nodes.one, pod_a, addr_a[family]))
+        assert answer == f"hello {addr_b[family]}"
+
+    # Nothing changed: sync touches nothing.
+    again = nodes.one.in_node(overlay.sync, nodes.node1, all_nodes)
+    assert not again.changed, again
+
+
+def test_sync_follows_nodes_leaving_and_moving(nodes: TwoNodes) -> None:
+    all_nodes = [nodes.node1, nodes.node2]
+    nodes.one.in_node(overlay.sync, nodes.node1, all_nodes)
+    nodes.two.in_node(overlay.sync, nodes.node2, all_nodes)
+    mac2 = nodes.two.in_node(_device_mac)  # node 1 must point at node 2's real device
+    state = nodes.one.in_node(_state)
+    assert state["routes"] == ["10.99.2.0/24 via 10.99.2.0", "fd00:99:2::/64 via fd00:99:2::"]
+    assert state["neigh"] == sorted([f"10.99.2.0 {mac2}", f"fd00:99:2:: {mac2}"])
+    assert state["fdb"] == [f"{mac2} {nodes.node2.internal_ips[0]}"]
+
+    moved_ip = "192.0.2.7" if "." in nodes.node2.internal_ips[0] else "fd00:ffff::7"
+    moved = OverlayNode("node-2", (moved_ip,), nodes.node2.pod_cidrs)
+    report = nodes.one.in_node(overlay.sync, nodes.node1, [nodes.node1, moved])
+    assert report.added == [f"fdb {mac2} dst {moved_ip}"], report
+    assert report.removed == [f"fdb {mac2} dst {nodes.node2.internal_ips[0]}"], report
+    assert nodes.one.in_node(_state)["fdb"] == [f"{mac2} {moved_ip}"]
+
+    report = nodes.one.in_node(overlay.sync, nodes.node1, [nodes.node1])
+    assert len(report.removed) == 5, report  # 2 routes, 2 neighbours, 1 FDB entry
+    assert nodes.one.in_node(_state) == {"device": True, "routes": [], "neigh": [], "fdb": []}
+
+    assert nodes.one.in_node(overlay.remove) is True
+    assert nodes.one.in_node(_state) == {"device": False}

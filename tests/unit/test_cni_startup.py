@@ -1,0 +1,50 @@
+"""The plugin's start-up stays light: VERSION (and every error before a command runs) loads
+neither pyroute2 nor the compiler's models, kopf or kubernetes; ADD's pyroute2 import skips the
+package's eager ``__init__``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("pyroute2", "pydantic", "compiler.model", "kopf", "kubernetes", "nftables")
+
+PROBE = """
+import io, json, os, sys
+sys.stdin = io.TextIOWrapper(io.BytesIO(sys.argv[1].encode()))
+os.environ.clear(); os.environ.update(json.loads(sys.argv[2]))
+from controller.cni.plugin import main
+code = main([])
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+def _run(stdin: str, env: dict[str, str]) -> tuple[dict[str, object], dict[str, object]]:
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, stdin, json.dumps(env)], capture_output=True, text=True, check=False
+    )
+    probe = json.loads(proc.stderr.strip().splitlines()[-1])
+    return json.loads(proc.stdout), probe
+
+
+def test_version_imports_nothing_heavy() -> None:
+    out, probe = _run('{"cniVersion": "0.4.0"}', {"CNI_COMMAND": "VERSION"})
+    assert out == {"cniVersion": "0.4.0", "supportedVersions": ["0.4.0", "1.0.0", "1.1.0"]}
+    assert probe["code"] == 0
+    modules = probe["modules"]
+    assert isinstance(modules, list)
+    assert not [m for m in modules if m.startswith(HEAVY)]
+
+
+def test_bad_input_fails_before_heavy_imports() -> None:
+    out, probe = _run(
+        "{", {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0"}
+    )
+    assert out["code"] == 6 and probe["code"] == 1
+    modules = probe["modules"]
+    assert isinstance(modules, list)
+    # The light pyroute2 package (RTNL only) may be loaded for ADD; never its eager extras.
+    assert not [
+        m for m in modules if m.startswith(("pyroute2.ndb", "pyroute2.conntrack", "pydantic", "kopf"))
+    ]
