@@ -24,6 +24,7 @@ from compiler.cluster import ClusterModel, with_cni_addresses
 from compiler.ir import Chain, MapEntry, NodePlan, PlanSet, Verdict, VerdictMap
 from compiler.model import Pod
 from compiler.nodestate import NodeState
+from compiler.options import DEFAULT_OPTIONS, CompileOptions
 from compiler.peersets import CidrSetSpec, Element
 from compiler.podindex import addr_key, family_of, pod_addresses
 from compiler.render_json import (
@@ -88,11 +89,11 @@ class NodeCompiler(NodeState):
     by the rules of :mod:`compiler.cluster`.
     """
 
-    def __init__(self, model: ClusterModel, *, node: str) -> None:
+    def __init__(self, model: ClusterModel, *, node: str, options: CompileOptions = DEFAULT_OPTIONS) -> None:
         self._journal: _Journal | None = None
         self._api: dict[str, Pod] = {p.uid: p for p in model.api_pods}
         self._cni: dict[str, tuple[str, ...]] = dict(model.cni_addresses)
-        super().__init__(model, node=node)
+        super().__init__(model, node=node, options=options)
 
     @property
     def plan(self) -> NodePlan:

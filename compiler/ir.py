@@ -73,6 +73,15 @@ class IifLoopback:
 
 
 @dataclass(frozen=True)
+class IfnamePrefix:
+    """``iifname "stk*"`` / ``oifname "stk*"``: the arrival (or leaving) device's name starts with
+    ``prefix``. A byte compare against the name the kernel keeps with the device: no lookup."""
+
+    key: Literal["iifname", "oifname"]
+    prefix: str
+
+
+@dataclass(frozen=True)
 class FibSaddrIifMissing:
     """``fib saddr . iif oif missing``: the source address does not route back via the arrival device."""
 
@@ -89,6 +98,7 @@ Match = (
     | DaddrProtoPortInSet
     | CtStateIn
     | IifLoopback
+    | IfnamePrefix
     | FibSaddrIifMissing
     | Icmpv6TypeIn
 )

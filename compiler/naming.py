@@ -35,10 +35,25 @@ _ELLIPSIS = "..."
 
 Tier = Literal["admin", "baseline"]
 
+# Host-side interfaces of pods start with this prefix: stockade-cni names each pod's host-side veth
+# "stk" + a short hash of the container id and interface (within IFNAMSIZ), and the ruleset scopes
+# its host-wide checks (anti-spoofing, `ct state invalid drop`) to interfaces matching "stk*", so
+# the node's uplinks, VXLAN device and anything else it routes are never judged by them. A compile
+# option (:class:`compiler.options.CompileOptions`) can change it for nodes whose pod interfaces
+# are named otherwise; this is the default, and the CNI plugin's name.
+POD_INTERFACE_PREFIX = "stk"
+# Interface names are at most 15 bytes (IFNAMSIZ 16 with the NUL); a prefix leaves room for a suffix.
+IFNAME_MAX = 15
+
 # Base chains, named after their hooks.
 CHAIN_PREROUTING = "prerouting"
 CHAIN_INPUT = "input"
 CHAIN_FORWARD = "forward"
+
+
+def interface_wildcard(prefix: str) -> str:
+    """nft's pattern for every interface named ``prefix`` + anything: ``stk*``."""
+    return f"{prefix}*"
 
 
 def ip_keyword(family: Family) -> str:

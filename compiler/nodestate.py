@@ -37,6 +37,7 @@ from compiler.ir import (
     jump,
 )
 from compiler.model import Direction, Family, NetworkPolicy, Pod, Protocol
+from compiler.options import DEFAULT_OPTIONS, CompileOptions
 from compiler.peersets import (
     CidrSetSpec,
     Element,
@@ -66,7 +67,7 @@ ChainBuild = tuple[Chain, tuple[SetSpec, ...]]
 class NodeState:
     """Sets, maps and chains of one node, derived from the pods, policies and namespaces."""
 
-    def __init__(self, model: ClusterModel, *, node: str) -> None:
+    def __init__(self, model: ClusterModel, *, node: str, options: CompileOptions = DEFAULT_OPTIONS) -> None:
         self.node = node
         self._policies: dict[str, list[NetworkPolicy]] = {}
         for policy in sorted(model.policies, key=lambda p: p.key):
@@ -88,7 +89,7 @@ class NodeState:
             naming.dispatch_map(d, f): (f, d) for d in DIRECTIONS for f in FAMILIES
         }
         self.maps: dict[str, dict[str, Verdict]] = {name: {} for name in self.map_shapes}
-        self._base = base_chains(tuple(f for f in FAMILIES if self._cidrs[f]))
+        self._base = base_chains(tuple(f for f in FAMILIES if self._cidrs[f]), options=options)
         self._tiers = tier_chains()
         self._snapshot: NodePlan | None = None
         keys = [k for k, p in self.index.pods.items() if self._is_local(p)]

@@ -24,6 +24,7 @@ from compiler.ir import (
     DportIn,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
+    IfnamePrefix,
     IifLoopback,
     Interval,
     IntervalSet,
@@ -37,7 +38,7 @@ from compiler.ir import (
     VerdictMap,
     VmapLookup,
 )
-from compiler.naming import FAMILY, TABLE, addr_type, ip_keyword
+from compiler.naming import FAMILY, TABLE, addr_type, interface_wildcard, ip_keyword
 
 _PER_LINE = 8
 
@@ -63,6 +64,8 @@ def match_text(m: Match) -> str:
         return f"ct state {','.join(m.states)}"
     if isinstance(m, IifLoopback):
         return "meta iiftype loopback"
+    if isinstance(m, IfnamePrefix):
+        return f'{m.key} "{interface_wildcard(m.prefix)}"'
     if isinstance(m, FibSaddrIifMissing):
         return "fib saddr . iif oif missing"
     if isinstance(m, Icmpv6TypeIn):
