@@ -1,7 +1,7 @@
 """Data-plane benchmark: what Stockade's ruleset costs per packet. Prints figures; needs root.
 
     apt-get install nginx-light wrk     # or nginx; not in .ci/setup: CI does not run benchmarks
-    .venv/bin/python tests/bench/dataplane.py [--rounds 5] [--seconds 5] [--configs none,conntrack,stockade]
+    .venv/bin/python tests/bench/dataplane.py [--rounds 15] [--seconds 2] [--configs none,conntrack,stockade]
 
 Two pods in network namespaces, routed the Stockade way through a node namespace (a /32 route to
 each pod's host-side veth, named with the CNI's prefix; the pods' default route via the node), a
@@ -10,7 +10,8 @@ namespace forwards every packet between them, so every packet crosses its rulese
 
 Configurations of the node's ruleset:
 
-- ``none``: no table at all (not even conntrack runs);
+- ``none``: no table at all (not even conntrack runs); measured in a block of its own before the
+  others, so it has medians but no per-round ratios;
 - ``conntrack``: one table with one chain, ``ct state established accept`` in forward: the floor
   of any stateful policy, and the reference the targets are measured against;
 - ``stockade``: the ruleset ``stockade compile`` produces for ``node-00`` of the synthetic
@@ -23,11 +24,12 @@ Configurations of the node's ruleset:
 
 Workloads, each ``--seconds`` long: ``new`` (wrk with ``Connection: close``: requests/s are new
 connections/s), ``keepalive`` (requests/s over ``--connections`` kept-alive connections) and
-``throughput`` (bytes/s of a 16 MiB file over 4 connections). Rounds are interleaved: each round
-runs every configuration once, in an order rotated from round to round, so a machine whose load
-drifts spreads the drift over all configurations. The figures are medians over rounds, and the
-ratio of a configuration to ``conntrack`` is computed per round (same minute, same load) and
-then summarized (median, min-max): on a shared machine that is the figure to trust.
+``throughput`` (bytes/s of a 16 MiB file over 4 connections). Rounds are interleaved: every table
+is loaded once and switched on and off with nft's ``dormant`` flag, and each round runs each
+workload under every configuration back to back, in an order rotated from round to round, so
+the measurements a ratio compares are seconds apart. The figures are medians over rounds, and
+the ratio of a configuration to ``conntrack`` is computed per round and then summarized (median,
+min-max): on a shared machine that is the figure to trust.
 
 nginx and wrk are pinned to different CPUs when there are two or more (``--no-pin`` to leave
 scheduling alone). The load average before and after is printed: other work on the machine
@@ -73,8 +75,12 @@ WORKLOADS = ("new", "keepalive", "throughput")
 CONFIGS = ("none", "conntrack", "stockade", "antispoof")
 TARGETS = {"new": 0.95, "keepalive": 0.97, "throughput": 0.97}  # of conntrack only
 
+# Each configuration is one table; all are loaded once and switched with the ``dormant`` flag (a
+# dormant table's chains are off their hooks), so rounds can alternate quickly without reloading.
+TABLES = {"conntrack": "bench_conntrack", "antispoof": "bench_antispoof", "stockade": naming.TABLE}
 CONNTRACK_ONLY = """
-table inet stockade_bench {
+table inet bench_conntrack {
+    flags dormant
     chain forward {
         type filter hook forward priority filter; policy accept;
         ct state established accept
@@ -85,11 +91,11 @@ table inet stockade_bench {
 
 def antispoof_only(prefix: str) -> str:
     """``conntrack`` plus the anti-spoofing rule of Stockade's prerouting chain, nothing else."""
-    return CONNTRACK_ONLY.replace(
-        "table inet stockade_bench {",
-        "table inet stockade_bench {\n    chain prerouting {\n"
+    return CONNTRACK_ONLY.replace("bench_conntrack", "bench_antispoof").replace(
+        "    flags dormant\n",
+        "    flags dormant\n    chain prerouting {\n"
         "        type filter hook prerouting priority raw; policy accept;\n"
-        f'        iifname "{prefix}*" fib saddr . iif oif missing drop\n    }}',
+        f'        iifname "{prefix}*" fib saddr . iif oif missing drop\n    }}\n',
     )
 
 
@@ -325,16 +331,24 @@ def nginx(lab: Lab, *, cpu: str | None) -> Iterator[None]:
             proc.wait(timeout=10)
 
 
-def load(lab: Lab, config: str, stockade_json: Path) -> None:
-    nsrun(lab.node, "nft", "flush", "ruleset")
-    if config == "conntrack":
-        nsrun(lab.node, "nft", "-f", "-", stdin=CONNTRACK_ONLY)
-    elif config == "antispoof":
-        nsrun(lab.node, "nft", "-f", "-", stdin=antispoof_only(naming.POD_INTERFACE_PREFIX))
-    elif config == "stockade":
-        nsrun(lab.node, "nft", "-j", "-f", str(stockade_json))
-    # Every configuration starts from an empty connection table (the none case has none at all).
-    nsrun(lab.node, "conntrack", "-F", check=False)
+def load_all(lab: Lab, stockade_json: Path) -> None:
+    """Every configuration's table, all dormant."""
+    nsrun(lab.node, "nft", "-f", "-", stdin=CONNTRACK_ONLY)
+    nsrun(lab.node, "nft", "-f", "-", stdin=antispoof_only(naming.POD_INTERFACE_PREFIX))
+    nsrun(lab.node, "nft", "-j", "-f", str(stockade_json))
+    nsrun(lab.node, "nft", "add", "table", "inet", naming.TABLE, "{ flags dormant; }")
+
+
+def switch(lab: Lab, config: str) -> None:
+    """Only ``config``'s table on its hooks (``none``: no table at all, so conntrack is off too)."""
+    if config == "none":
+        nsrun(lab.node, "nft", "flush", "ruleset")
+        return
+    for other, table in TABLES.items():
+        if other != config:
+            nsrun(lab.node, "nft", "add", "table", "inet", table, "{ flags dormant; }")
+    nsrun(lab.node, "nft", "add", "table", "inet", TABLES[config])  # without flags: awake
+    nsrun(lab.node, "conntrack", "-F", check=False)  # every configuration starts from no flows
 
 
 def wrk(lab: Lab, workload: str, *, seconds: int, connections: int, cpu: str | None) -> float:
@@ -402,7 +416,7 @@ def report(results: dict[str, dict[str, list[float]]], configs: list[str]) -> bo
     for workload in WORKLOADS:
         base = results["conntrack"][workload]
         for config in configs:
-            if config == "conntrack":
+            if config in ("conntrack", "none"):  # none is not interleaved: no per-round ratio
                 continue
             ratios = [v / b for v, b in zip(results[config][workload], base, strict=True)]
             median = statistics.median(ratios)
@@ -424,10 +438,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=5, help="length of each measurement")
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--seconds", type=int, default=2, help="length of each measurement")
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (new, keepalive)")
-    parser.add_argument("--configs", default="none,conntrack,stockade", help=f"comma-separated, of {CONFIGS}")
+    parser.add_argument(
+        "--configs",
+        default="conntrack,stockade",
+        help=f"comma-separated, of {CONFIGS}; none is measured in a block of its own, first",
+    )
     parser.add_argument("--no-pin", action="store_true", help="do not pin nginx and wrk to CPUs")
     args = parser.parse_args()
     configs = [c for c in args.configs.split(",") if c]
@@ -446,23 +464,30 @@ def main() -> None:
         stockade_json, summary = stockade_ruleset(bench.work)
         print(f"stockade ruleset for {NODE}: {summary}")
         results: dict[str, dict[str, list[float]]] = {c: {w: [] for w in WORKLOADS} for c in configs}
+        interleaved = [c for c in configs if c != "none"]
+
+        def measure(config: str, workload: str) -> None:
+            value = wrk(bench, workload, seconds=args.seconds, connections=args.connections, cpu=client_cpu)
+            results[config][workload].append(value)
+
         with nginx(bench, cpu=server_cpu):
-            for round_no in range(args.rounds):
-                order = configs[round_no % len(configs) :] + configs[: round_no % len(configs)]
-                line = []
-                for config in order:
-                    load(bench, config, stockade_json)
+            if "none" in configs:  # no table at all: a block of its own, before the tables exist
+                switch(bench, "none")
+                for _ in range(args.rounds):
                     for workload in WORKLOADS:
-                        value = wrk(
-                            bench,
-                            workload,
-                            seconds=args.seconds,
-                            connections=args.connections,
-                            cpu=client_cpu,
-                        )
-                        results[config][workload].append(value)
-                    line.append(config)
-                print(f"round {round_no + 1}/{args.rounds} done ({', '.join(line)})", flush=True)
+                        measure("none", workload)
+                print(f"none: {args.rounds} rounds done", flush=True)
+            load_all(bench, stockade_json)
+            for round_no in range(args.rounds):
+                shift = round_no % len(interleaved)
+                order = interleaved[shift:] + interleaved[:shift]
+                # Workload by workload, the configurations back to back: the measurements a ratio
+                # compares are seconds apart, whatever the machine's load does over minutes.
+                for workload in WORKLOADS:
+                    for config in order:
+                        switch(bench, config)
+                        measure(config, workload)
+                print(f"round {round_no + 1}/{args.rounds} done ({', '.join(order)})", flush=True)
     print(f"load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     ok = report(results, configs)
     print(
