@@ -58,6 +58,7 @@ from compiler.ir import (
     IifLoopback,
     Rule,
     VmapLookup,
+    description,
 )
 from compiler.model import Direction, Family
 from compiler.options import DEFAULT_OPTIONS, CompileOptions
@@ -108,8 +109,14 @@ def _dispatch(field: AddrField) -> list[Rule]:
     ]
 
 
+# No counter: this rule sees nearly every packet the node forwards, and a count of them says
+# nothing about any policy (conntrack -S counts flows); it would be the one per-packet cost of
+# established traffic beyond conntrack itself.
 _ESTABLISHED = Rule(
-    (CtStateIn(("established", "related")),), ACCEPT, "replies and related traffic are never policy-checked"
+    (CtStateIn(("established", "related")),),
+    ACCEPT,
+    "replies and related traffic are never policy-checked",
+    counter=False,
 )
 
 
@@ -128,9 +135,13 @@ def base_chains(
 ) -> tuple[Chain, ...]:
     """prerouting, input, forward; fail-closed rules only for families with known podCIDRs."""
     prefix = options.pod_interface_prefix
+    prerouting_note = (
+        f"anti-spoofing of pod interfaces ({naming.interface_wildcard(prefix)}), before conntrack"
+    )
     prerouting = Chain(
         naming.CHAIN_PREROUTING,
         (
+            description(prerouting_note),
             # Strict reverse path for pod interfaces: the source must route back out of the device
             # the packet came in on. A pod's veth is the route to that pod's /32 and /128 only, so
             # a pod cannot borrow another pod's (local or remote) address, nor an external one an
@@ -143,11 +154,13 @@ def base_chains(
             ),
         ),
         BaseHook("prerouting", PRIORITY_RAW, "raw"),
-        note=f"anti-spoofing of pod interfaces ({naming.interface_wildcard(prefix)}), before conntrack",
+        note=prerouting_note,
     )
+    input_note = "egress of local pods to the node's own addresses"
     input_chain = Chain(
         naming.CHAIN_INPUT,
         (
+            description(input_note),
             # The node talking to itself (also from an address it took from its podCIDR).
             Rule((IifLoopback(),), ACCEPT, "the node's own traffic to itself"),
             _ESTABLISHED,
@@ -157,11 +170,13 @@ def base_chains(
             *_dispatch("saddr"),
         ),
         BaseHook("input", PRIORITY_FILTER, "filter"),
-        note="egress of local pods to the node's own addresses",
+        note=input_note,
     )
+    forward_note = "all pod traffic: the source's egress stage, then the destination's ingress stage"
     forward = Chain(
         naming.CHAIN_FORWARD,
         (
+            description(forward_note),
             _ESTABLISHED,
             *_invalid_from_or_to_pods(prefix),
             *_fail_closed(naming.CHAIN_FORWARD, cidr_families),
@@ -169,22 +184,19 @@ def base_chains(
             *_dispatch("daddr"),
         ),
         BaseHook("forward", PRIORITY_FILTER, "filter"),
-        note="all pod traffic: the source's egress stage, then the destination's ingress stage",
+        note=forward_note,
     )
     return prerouting, input_chain, forward
 
 
 def tier_chains() -> tuple[Chain, ...]:
     """The shared, empty chains at the admin and baseline tier positions of every per-pod chain."""
-    return tuple(
-        Chain(
-            naming.tier_chain(tier, direction),
-            (),
-            note=f"{tier} tier ({direction}): reserved for ClusterNetworkPolicy; empty",
-        )
-        for tier in ("admin", "baseline")
-        for direction in ("ingress", "egress")
-    )
+    chains = []
+    for tier in ("admin", "baseline"):
+        for direction in ("ingress", "egress"):
+            note = f"{tier} tier ({direction}): reserved for ClusterNetworkPolicy; empty"
+            chains.append(Chain(naming.tier_chain(tier, direction), (description(note),), note=note))
+    return tuple(chains)
 
 
 __all__ = ["FAMILIES", "ND_TYPES", "base_chains", "tier_chains"]

@@ -135,7 +135,8 @@ def map_text(m: VerdictMap) -> list[str]:
 
 
 def chain_text(chain: Chain) -> list[str]:
-    lines = [*_note(chain.note, "\t"), f"\tchain {chain.name} {{"]
+    # No `#` line: the chain's first rule carries its description (see ir.description).
+    lines = [f"\tchain {chain.name} {{"]
     if chain.hook is not None:
         h = chain.hook
         lines.append(f"\t\ttype filter hook {h.hook} priority {h.priority_name}; policy {h.policy};")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from compiler.basechains import base_chains
+from compiler.basechains import base_chains, tier_chains
 from compiler.errors import OptionError
-from compiler.ir import DROP, Chain, CtStateIn, FibSaddrIifMissing, IfnamePrefix, Rule
+from compiler.ir import DROP, Chain, CtStateIn, FibSaddrIifMissing, IfnamePrefix, Rule, is_description
 from compiler.model import Family
 from compiler.options import CompileOptions
 from compiler.plan import build_plan
@@ -39,7 +39,7 @@ def test_every_host_wide_drop_is_scoped_to_pod_interfaces(families: tuple[Family
 
 
 def test_anti_spoofing_looks_at_the_arrival_interface() -> None:
-    (rule,) = _chains((4, 6))["prerouting"].rules
+    (rule,) = [r for r in _chains((4, 6))["prerouting"].rules if not is_description(r)]
     assert rule.matches == (IfnamePrefix("iifname", "stk"), FibSaddrIifMissing())
 
 
@@ -50,8 +50,26 @@ def test_invalid_state_is_dropped_from_and_to_pods_only() -> None:
 
 
 def test_replies_are_accepted_before_any_host_wide_check() -> None:
-    forward = _chains((4, 6))["forward"].rules
+    forward = [r for r in _chains((4, 6))["forward"].rules if not is_description(r)]
     assert forward[0].matches == (CtStateIn(("established", "related")),)
+
+
+@pytest.mark.parametrize("chain", ["forward", "input"])
+def test_replies_pay_no_counter(chain: str) -> None:
+    """Nearly every forwarded packet is a reply: counting them would be their one cost beyond
+    conntrack, and a count of them says nothing about any policy."""
+    established = [
+        r for r in _chains((4, 6))[chain].rules if CtStateIn(("established", "related")) in r.matches
+    ]
+    assert [r.counter for r in established] == [False]
+
+
+@pytest.mark.parametrize("families", FAMILY_CASES)
+def test_every_chain_says_what_it_is_for_in_its_first_rule(families: tuple[Family, ...]) -> None:
+    chains = [*base_chains(families, options=CompileOptions()), *tier_chains()]
+    for chain in chains:
+        assert is_description(chain.rules[0]) and chain.rules[0].comment == chain.note, chain.name
+        assert chain.note, chain.name
 
 
 @pytest.mark.parametrize("prefix", ["veth", "cali", "lxc", "a" * 14, "pod_1.x-"])
