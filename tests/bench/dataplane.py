@@ -43,6 +43,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -300,7 +301,8 @@ def lab() -> Iterator[Lab]:
 
 
 @contextlib.contextmanager
-def nginx(lab: Lab, *, cpu: str | None) -> Iterator[None]:
+def nginx(lab: Lab, *, cpu: str | None) -> Iterator[list[int]]:
+    """nginx serving in the server pod; yields the worker's pid."""
     tmp = lab.work / "nginx"
     (tmp / "www").mkdir(parents=True)
     (tmp / "www" / "big").write_bytes(os.urandom(BIG_BYTES))
@@ -321,7 +323,8 @@ def nginx(lab: Lab, *, cpu: str | None) -> Iterator[None]:
             if proc.poll() is not None or time.monotonic() > deadline:
                 fail(f"nginx did not start: {proc.stderr.read() if proc.stderr else ''}")
             time.sleep(0.2)
-        yield
+        workers = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        yield [int(pid) for pid in workers]
     finally:
         proc.terminate()
         try:
@@ -351,8 +354,31 @@ def switch(lab: Lab, config: str) -> None:
     nsrun(lab.node, "conntrack", "-F", check=False)  # every configuration starts from no flows
 
 
-def wrk(lab: Lab, workload: str, *, seconds: int, connections: int, cpu: str | None) -> float:
-    """requests/s (new, keepalive) or bytes/s (throughput)."""
+def runtime_ns(pids: list[int]) -> int:
+    """CPU time the tasks have run, in ns (``/proc/PID/schedstat``: exact, not tick-sampled).
+    Without IRQ time accounting, softirq work (forwarding through the node namespace, the
+    ruleset included) is charged to the task it interrupted, or to ksoftirqd."""
+    return sum(int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) for pid in pids)
+
+
+def ksoftirqd(cpu_ids: list[str]) -> list[int]:
+    wanted = {f"ksoftirqd/{c}" for c in cpu_ids}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() in wanted:
+                    found.append(int(entry.name))
+    return found
+
+
+def wrk(
+    lab: Lab, workload: str, *, seconds: int, connections: int, cpu: str | None, watched: list[int]
+) -> tuple[float, float]:
+    """requests/s (new, keepalive) or bytes/s (throughput), and the CPU time the whole path took
+    per request (per MiB for throughput), in microseconds: wrk's own (its rusage), plus nginx's
+    worker and ksoftirqd's (``watched``). Unlike the rate, the CPU time per request hardly depends
+    on how much of the CPUs other work on the machine leaves to the bench."""
     script = lab.work / "report.lua"
     if not script.exists():
         script.write_text(WRK_SCRIPT)
@@ -365,12 +391,17 @@ def wrk(lab: Lab, workload: str, *, seconds: int, connections: int, cpu: str | N
     else:
         args += ["-c4", url + "big"]
     pin = ["taskset", "-c", cpu] if cpu is not None else []
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    others = runtime_ns(watched)
     out = subprocess.run(
         [*pin, "nsenter", f"--net=/run/netns/{lab.client}", "wrk", *args],
         capture_output=True,
         text=True,
         check=False,
     )
+    others = runtime_ns(watched) - others
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    wrk_s = (after.ru_utime - children.ru_utime) + (after.ru_stime - children.ru_stime)
     lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if out.returncode != 0 or not lines:
         fail(f"wrk {workload} failed: {out.stderr.strip() or out.stdout.strip()}")
@@ -382,7 +413,9 @@ def wrk(lab: Lab, workload: str, *, seconds: int, connections: int, cpu: str | N
     if workload != "new" and errors_share > 0.001:
         fail(f"wrk {workload}: {summary['errors']} errors in {summary['requests']} requests")
     value = summary["bytes"] if workload == "throughput" else summary["requests"]
-    return float(value) / seconds_run
+    units = summary["bytes"] / 2**20 if workload == "throughput" else summary["requests"]
+    cpu_us = wrk_s * 1e6 + others / 1e3
+    return float(value) / seconds_run, cpu_us / units
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -399,8 +432,43 @@ def fmt(workload: str, value: float) -> str:
     return f"{value / 1e9:8.2f} GB/s" if workload == "throughput" else f"{value:8.0f} /s  "
 
 
+def cost_report(costs: dict[str, dict[str, list[float]]], configs: list[str]) -> bool:
+    """CPU time per request (per MiB): medians, and per round conntrack's cost / this cost (so,
+    like the rates, above 1 is cheaper than conntrack only)."""
+    print("\nCPU time per request (throughput: per MiB), all tasks on the path: median (min-max)")
+    for workload in WORKLOADS:
+        for config in configs:
+            values = costs[config][workload]
+            print(
+                f"  {workload:<10} {config:<10} {statistics.median(values):8.1f} us"
+                f"  ({min(values):.1f}-{max(values):.1f})"
+            )
+    ok = True
+    if "conntrack" not in configs:
+        return ok
+    print("\nper-round conntrack's CPU per request / this one's: median (min-max) [per round]")
+    for workload in WORKLOADS:
+        base = costs["conntrack"][workload]
+        for config in configs:
+            if config in ("conntrack", "none"):
+                continue
+            ratios = [b / v for v, b in zip(costs[config][workload], base, strict=True)]
+            median = statistics.median(ratios)
+            verdict = ""
+            if config == "stockade":
+                passed = median >= TARGETS[workload]
+                ok = ok and passed
+                verdict = f"  target >= {TARGETS[workload]:.2f}: {'met' if passed else 'NOT met'}"
+            rounds = " ".join(f"{r:.3f}" for r in ratios)
+            print(
+                f"  {workload:<10} {config:<10} {median:.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+                f" [{rounds}]{verdict}"
+            )
+    return ok
+
+
 def report(results: dict[str, dict[str, list[float]]], configs: list[str]) -> bool:
-    print("\nmedians over rounds (min-max):")
+    print("\nrates, medians over rounds (min-max):")
     for workload in WORKLOADS:
         print(f"  {workload}")
         for config in configs:
@@ -464,13 +532,25 @@ def main() -> None:
         stockade_json, summary = stockade_ruleset(bench.work)
         print(f"stockade ruleset for {NODE}: {summary}")
         results: dict[str, dict[str, list[float]]] = {c: {w: [] for w in WORKLOADS} for c in configs}
+        costs: dict[str, dict[str, list[float]]] = {c: {w: [] for w in WORKLOADS} for c in configs}
         interleaved = [c for c in configs if c != "none"]
+        watched: list[int] = []
 
         def measure(config: str, workload: str) -> None:
-            value = wrk(bench, workload, seconds=args.seconds, connections=args.connections, cpu=client_cpu)
-            results[config][workload].append(value)
+            rate, cost = wrk(
+                bench,
+                workload,
+                seconds=args.seconds,
+                connections=args.connections,
+                cpu=client_cpu,
+                watched=watched,
+            )
+            results[config][workload].append(rate)
+            costs[config][workload].append(cost)
 
-        with nginx(bench, cpu=server_cpu):
+        with nginx(bench, cpu=server_cpu) as workers:
+            pinned = [c for c in (server_cpu, client_cpu) if c is not None]
+            watched += workers + ksoftirqd(pinned or [str(c) for c in os.sched_getaffinity(0)])
             if "none" in configs:  # no table at all: a block of its own, before the tables exist
                 switch(bench, "none")
                 for _ in range(args.rounds):
@@ -489,7 +569,9 @@ def main() -> None:
                         measure(config, workload)
                 print(f"round {round_no + 1}/{args.rounds} done ({', '.join(order)})", flush=True)
     print(f"load average after: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
-    ok = report(results, configs)
+    rates_ok = report(results, configs)
+    costs_ok = cost_report(costs, configs)
+    ok = rates_ok and costs_ok
     print(
         "\ntargets met"
         if ok
