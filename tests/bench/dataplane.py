@@ -20,7 +20,9 @@ Configurations of the node's ruleset:
   only reach the server and DNS), so new connections take the full path: egress dispatch, the
   client's egress chain, ingress dispatch, the server's ingress chain;
 - ``antispoof`` (diagnostic, not a target): ``conntrack`` plus Stockade's anti-spoofing rule
-  alone, to show what the reverse-path lookup costs by itself.
+  alone, to show what the reverse-path lookup costs by itself;
+- ``hook`` (diagnostic): ``antispoof`` with the route lookup replaced by a mark compare that
+  never holds, to tell the cost of a prerouting chain from the cost of the ``fib`` lookup.
 
 Workloads, each ``--seconds`` long: ``new`` (wrk with ``Connection: close``: requests/s are new
 connections/s), ``keepalive`` (requests/s over ``--connections`` kept-alive connections) and
@@ -73,12 +75,17 @@ PORT = 8080
 BIG_BYTES = 16 * 1024 * 1024
 SCOPE_LINK = 253
 WORKLOADS = ("new", "keepalive", "throughput")
-CONFIGS = ("none", "conntrack", "stockade", "antispoof")
+CONFIGS = ("none", "conntrack", "stockade", "antispoof", "hook")
 TARGETS = {"new": 0.95, "keepalive": 0.97, "throughput": 0.97}  # of conntrack only
 
 # Each configuration is one table; all are loaded once and switched with the ``dormant`` flag (a
 # dormant table's chains are off their hooks), so rounds can alternate quickly without reloading.
-TABLES = {"conntrack": "bench_conntrack", "antispoof": "bench_antispoof", "stockade": naming.TABLE}
+TABLES = {
+    "conntrack": "bench_conntrack",
+    "hook": "bench_hook",
+    "antispoof": "bench_antispoof",
+    "stockade": naming.TABLE,
+}
 CONNTRACK_ONLY = """
 table inet bench_conntrack {
     flags dormant
@@ -90,14 +97,25 @@ table inet bench_conntrack {
 """
 
 
-def antispoof_only(prefix: str) -> str:
-    """``conntrack`` plus the anti-spoofing rule of Stockade's prerouting chain, nothing else."""
-    return CONNTRACK_ONLY.replace("bench_conntrack", "bench_antispoof").replace(
+def with_prerouting(table: str, rule: str) -> str:
+    """``conntrack`` plus a prerouting chain at Stockade's priority holding ``rule``."""
+    return CONNTRACK_ONLY.replace("bench_conntrack", table).replace(
         "    flags dormant\n",
         "    flags dormant\n    chain prerouting {\n"
         "        type filter hook prerouting priority raw; policy accept;\n"
-        f'        iifname "{prefix}*" fib saddr . iif oif missing drop\n    }}\n',
+        f"        {rule}\n    }}\n",
     )
+
+
+def antispoof_only(prefix: str) -> str:
+    """``conntrack`` plus the anti-spoofing rule of Stockade's prerouting chain, nothing else."""
+    return with_prerouting("bench_antispoof", f'iifname "{prefix}*" fib saddr . iif oif missing drop')
+
+
+def hook_only(prefix: str) -> str:
+    """``antispoof`` without the route lookup: the same hook and name compare, then a mark
+    compare that never holds. What ``antispoof`` costs beyond this is the ``fib`` lookup."""
+    return with_prerouting("bench_hook", f'iifname "{prefix}*" meta mark 0xdead drop')
 
 
 # wrk prints its summary as one JSON line, so nothing depends on its human-readable units.
@@ -338,6 +356,7 @@ def load_all(lab: Lab, stockade_json: Path) -> None:
     """Every configuration's table, all dormant."""
     nsrun(lab.node, "nft", "-f", "-", stdin=CONNTRACK_ONLY)
     nsrun(lab.node, "nft", "-f", "-", stdin=antispoof_only(naming.POD_INTERFACE_PREFIX))
+    nsrun(lab.node, "nft", "-f", "-", stdin=hook_only(naming.POD_INTERFACE_PREFIX))
     nsrun(lab.node, "nft", "-j", "-f", str(stockade_json))
     nsrun(lab.node, "nft", "add", "table", "inet", naming.TABLE, "{ flags dormant; }")
 
