@@ -1,5 +1,6 @@
-"""The demo (`make demo`): a two-node lab, the shop from examples/demo/, its connectivity measured
-with real packets before and after its NetworkPolicies, and `stockade explain` on two pairs.
+"""The demo (`make demo`): a two-node lab (real kubelet and containerd per node), the shop from
+examples/demo/ running as containers, its connectivity measured with real packets from inside the
+pods before and after its NetworkPolicies, and `stockade explain` on two pairs.
 
     python -m tests.cluster.demo [--keep] [--attach NAME]
 
@@ -134,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
         lab = Lab.load(args.attach)
     else:
         heading(
-            "1. start a two-node lab (real etcd, kube-apiserver, controller manager, scheduler, kube-proxy)"
+            "1. start a two-node lab (etcd, kube-apiserver, controller manager, scheduler; "
+            "kubelet, containerd, kube-proxy per node)"
         )
         lab = Lab.create(name="demo", nodes=2)
         try:

@@ -1,17 +1,19 @@
 """`make e2e`: the upstream NetworkPolicy e2e specs, unchanged, against a real-node lab.
 
-    python -m tests.cluster.e2e [--attach NAME] [--keep]
+    python -m tests.cluster.e2e [--attach NAME] [--keep] [--quick]
 
 Runs `e2e.test` (built from k8s.io/kubernetes v1.37.2 by tests/tools/build.sh) with
 `--ginkgo.focus` on the sig-network Netpol specs and the skip list below, writes a JUnit report
 to tests/e2e-results/junit.xml and prints one summary line. Without `--attach` it starts a real-node
-lab named `e2e` (and removes it afterwards unless `--keep`). Exit status: the suite's.
+lab named `e2e` (and removes it afterwards unless `--keep`). `--quick` runs only the QUICK subset.
+Exit status: the suite's.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -27,10 +29,21 @@ RESULTS = REPO / "tests" / "e2e-results"
 FOCUS = r"\[sig-network\] Netpol"
 # Not NetworkPolicy v1, or not for a shared lab: disruptive/serial specs and the cluster-scoped
 # policy APIs (none of the Netpol specs of v1.37.2 carries them; the skip guards a future bump).
-# SCTP ([Feature:SCTPConnectivity]) is NetworkPolicy v1 and the lab's kernel has SCTP: kept.
+# [Feature:SCTPConnectivity] (3 specs) is NetworkPolicy v1, but upstream runs it only on clusters
+# whose kernels have SCTP, and this host's has none (socket(..., IPPROTO_SCTP) fails with
+# EPROTONOSUPPORT): agnhost's SCTP servers could not listen. Skipped only where the kernel lacks
+# it. The two TCP-only specs about `protocol: SCTP` policies run.
 SKIP = (
     r"\[Disruptive\]|\[Serial\]|\[Flaky\]"
     r"|\[Feature:(AdminNetworkPolicy|BaselineAdminNetworkPolicy|ClusterNetworkPolicy)\]"
+)
+SKIP_NO_SCTP = r"|\[Feature:SCTPConnectivity\]"
+# A representative subset (`--quick`), for a 2-core machine where the whole suite without an
+# enforcer takes about an hour (each probe expected to be blocked polls 10 s before it fails):
+# one default-deny spec per protocol, default-deny-all, a named port, allow-all, the API specs.
+QUICK = (
+    r"\[sig-network\] Netpol.*(default-deny-ingress|default-deny-all|allow-all policy"
+    r"|ingress access on one named port|NetworkPolicy API)"
 )
 
 
@@ -43,6 +56,14 @@ def e2e_binary(lab: Lab) -> Path:
         if c.is_file():
             return c
     raise LabError(f"e2e.test not found in {[str(c) for c in candidates]} (tests/tools/build.sh builds it)")
+
+
+def kernel_has_sctp() -> bool:
+    try:
+        socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP).close()
+    except OSError:
+        return False
+    return True
 
 
 def summary(junit: Path) -> tuple[int, int, int, int]:
@@ -66,12 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attach", help="use this running lab instead of starting one")
     parser.add_argument("--keep", action="store_true", help="leave the lab it started running")
     parser.add_argument("--nodes", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="only a representative subset (QUICK)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     if args.attach:
         lab, own = Lab.load(args.attach), False
     else:
-        lab, own = Lab.create(name="e2e", nodes=args.nodes, real_nodes=True), True
+        lab, own = Lab.create(name="e2e", nodes=args.nodes), True
         lab.up()
     try:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -81,15 +103,16 @@ def main(argv: list[str] | None = None) -> int:
             str(e2e_binary(lab)),
             f"--kubeconfig={lab.cfg.kubeconfig}",
             "--provider=local",
-            f"--ginkgo.focus={FOCUS}",
-            f"--ginkgo.skip={SKIP}",
+            f"--ginkgo.focus={QUICK if args.quick else FOCUS}",
+            f"--ginkgo.skip={SKIP if kernel_has_sctp() else SKIP + SKIP_NO_SCTP}",
             f"--ginkgo.junit-report={junit}",
             "--ginkgo.timeout=2h",
             f"--report-dir={RESULTS}",
         ]
         print("running:", " ".join(argv_e2e), flush=True)
         with (RESULTS / "e2e.log").open("w") as log:
-            rc = subprocess.run(argv_e2e, stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+            env = dict(os.environ, PATH=f"{lab.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+            rc = subprocess.run(argv_e2e, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
         if not junit.exists():
             print(f"e2e: no JUnit report (exit {rc}); see {RESULTS / 'e2e.log'}", file=sys.stderr)
             return rc or 1

@@ -27,7 +27,6 @@ def _up(args: argparse.Namespace) -> int:
         nodes=args.nodes,
         proxy_mode=args.proxy_mode,
         root=DEFAULT_ROOT,
-        real_nodes=args.real_nodes,
     )
     stop = threading.Event()
 
@@ -81,11 +80,6 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--nodes", type=int, default=2)
             p.add_argument("--proxy-mode", choices=("nftables", "iptables"), default="nftables")
             p.add_argument("--detach", action="store_true", help="return once the lab is up")
-            p.add_argument(
-                "--real-nodes",
-                action="store_true",
-                help="kubelet + containerd per node instead of the node stand-in",
-            )
     args = parser.parse_args(argv)
     if args.command == "up":
         return _up(args)

@@ -42,7 +42,6 @@ ETCD_PEER_PORT = 2380
 # kube-proxy's ports are bound to 127.0.0.1 inside each node's own namespace, so they never clash.
 KUBE_PROXY_METRICS = "127.0.0.1:10249"
 KUBE_PROXY_HEALTHZ = "127.0.0.1:10256"
-CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 
 
 @dataclass(frozen=True)
@@ -65,8 +64,6 @@ class LabConfig:
     proxy_mode: ProxyMode = "nftables"
     slot: int = 0
     root: Path = field(default=DEFAULT_ROOT)
-    cni_bin_dir: str = ""  # empty: the first of CNI_BIN_DIRS that has ptp and host-local
-    real_nodes: bool = False  # kubelet + containerd per node instead of the node stand-in
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -94,9 +91,6 @@ class LabConfig:
     @property
     def host_link(self) -> str:
         return f"stkl-{self.name}-h"  # <= 15 chars: IFNAMSIZ is 16 with the NUL
-
-    def pod_netns(self, uid: str) -> str:
-        return f"{self.prefix}pod-{uid}"
 
     # --- addresses ---------------------------------------------------------------------------
 

@@ -1,8 +1,6 @@
-"""A small typed Kubernetes REST client over urllib: the few verbs the lab and stand-in need.
+"""A small typed Kubernetes REST client over urllib: the few verbs the lab and its tests need.
 
-JSON in, JSON out, plus a line-oriented watch. It exists so the node stand-in's traffic is
-exactly what kubelet sends (strategic-merge patches of status subresources, deletes with
-grace period 0, lease updates) with nothing generated in between.
+JSON in, JSON out, plus a line-oriented watch; no client library between the tests and the API.
 """
 
 from __future__ import annotations

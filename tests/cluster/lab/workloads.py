@@ -1,11 +1,12 @@
 """Working with what runs in a lab: applying manifests, waiting for pods, probing them.
 
-The prober (`tests.support.probe`) drives each pod's agent through its control socket; this
-module maps the API's pods to those sockets via the stand-ins' sandbox records.
+The prober (`tests.support.probe`) drives a client agent in each pod through its control socket
+(`podclients` starts them); this module maps the API's pods to those endpoints.
 """
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ from . import podclients
 from .kube import Obj
 from .lab import Lab
 from .preflight import LabError
+from .underlay import in_netns
 
 
 def apply(lab: Lab, manifest: str) -> str:
@@ -68,28 +70,60 @@ def pod_name(pod: Obj) -> str:
 
 
 def endpoints(lab: Lab, pod_list: Sequence[Obj]) -> list[PodEndpoint]:
-    """Prober endpoints named `namespace/name`, one per pod, from the nodes' sandbox records."""
-    if lab.cfg.real_nodes:
-        return [podclients.client_endpoint(lab, pod, name=pod_name(pod)) for pod in pod_list]
-    boxes = lab.pod_sandboxes()
-    out = []
-    for pod in pod_list:
-        box = boxes.get(pod["metadata"]["uid"])
-        if box is None:
-            raise LabError(f"pod {pod_name(pod)} has no sandbox on {pod['spec'].get('nodeName')}")
-        ips = [i["ip"] for i in pod["status"]["podIPs"]]
-        out.append(
-            PodEndpoint(
-                name=pod_name(pod),
-                netns=box["netns"],
-                control=box["socket"],
-                ipv4=next((ip for ip in ips if ":" not in ip), None),
-                ipv6=next((ip for ip in ips if ":" in ip), None),
-            )
-        )
-    return out
+    """Prober endpoints named `namespace/name`, one per pod: a client agent in each pod."""
+    return podclients.client_endpoints(lab, [(pod_name(pod), pod) for pod in pod_list])
 
 
 def cluster_ips(lab: Lab, namespace: str, name: str) -> list[str]:
     svc = lab.kube.get(f"/api/v1/namespaces/{namespace}/services/{name}")
     return list(svc["spec"].get("clusterIPs") or [svc["spec"]["clusterIP"]])
+
+
+def _proxy_lines(lab: Lab, netns: str, family: str) -> str:
+    if lab.cfg.proxy_mode == "nftables":
+        argv = ["nft", "list", "table", family, "kube-proxy"]
+    else:
+        argv = ["iptables-save" if family == "ip" else "ip6tables-save", "-t", "nat"]
+    out = subprocess.run(in_netns(netns, argv), capture_output=True, text=True, check=False)
+    return out.stdout if out.returncode == 0 else ""
+
+
+def _map_body(dump: str, name: str) -> str:
+    """The text of nft map `name` up to its first closing brace (its elements), or ''."""
+    head = f"map {name} {{"
+    return dump.split(head, 1)[1].split("}", 1)[0] if head in dump else ""
+
+
+def programmed(dump: str, ip: str, *, mode: str) -> bool:
+    """Whether kube-proxy's rules (`nft list table` / `iptables-save -t nat` text) send Service
+    address `ip` to endpoints."""
+    if mode == "nftables":
+        # In the service-ips map: a Service kube-proxy knows without endpoints sits in the
+        # no-endpoint-services map instead, and its packets are rejected ("refused").
+        return f"{ip} . " in _map_body(dump, "service-ips") and f"{ip} . " not in _map_body(
+            dump, "no-endpoint-services"
+        )
+    return any(f"-d {ip}/" in line and "-j KUBE-SVC-" in line for line in dump.splitlines())
+
+
+def _proxied(lab: Lab, ips: list[str]) -> bool:
+    return all(
+        programmed(_proxy_lines(lab, node.netns, "ip6" if ":" in ip else "ip"), ip, mode=lab.cfg.proxy_mode)
+        for node in lab.cfg.all_nodes
+        for ip in ips
+    )
+
+
+def wait_proxied(lab: Lab, namespace: str, name: str, *, timeout: float = 60.0) -> list[str]:
+    """The Service's ClusterIPs, once every node's kube-proxy forwards them to endpoints.
+
+    Pods turn Ready before kube-proxy (which syncs at most once a second) has seen their
+    EndpointSlices: a probe of the ClusterIP in between would be rejected on that node.
+    """
+    ips = cluster_ips(lab, namespace, name)
+    deadline = time.monotonic() + timeout
+    while not _proxied(lab, ips):
+        if time.monotonic() > deadline:
+            raise LabError(f"kube-proxy did not program Service {namespace}/{name} ({ips}) on every node")
+        time.sleep(0.3)
+    return ips
