@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         print("running:", " ".join(argv_e2e), flush=True)
         with (RESULTS / "e2e.log").open("w") as log:
             env = dict(os.environ, PATH=f"{lab.bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}")
-            rc = subprocess.run(argv_e2e, stdout=log, stderr=subprocess.STDOUT, env=env, check=False).returncode
+            done = subprocess.run(argv_e2e, stdout=log, stderr=subprocess.STDOUT, env=env, check=False)
+            rc = done.returncode
         if not junit.exists():
             print(f"e2e: no JUnit report (exit {rc}); see {RESULTS / 'e2e.log'}", file=sys.stderr)
             return rc or 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cluster.lab.config import LabConfig, collisions
+from tests.cluster.lab.workloads import programmed
 
 
 @pytest.mark.parametrize(
@@ -57,3 +58,39 @@ def test_lab_names_fit_interface_names(name: str, ok: bool) -> None:
 def test_collisions_name_the_overlapping_ranges(host: list[str], clashes: list[str]) -> None:
     found = collisions(LabConfig(name="x", slot=3), host)
     assert [f.split(" 10.")[0].split(" fd5c")[0] for f in found] == clashes
+
+
+# What `nft list table ip kube-proxy` prints for its two Service maps (kube-proxy v1.37, trimmed;
+# nft indents with tabs, spaces here).
+NFT = """table ip kube-proxy {
+    map no-endpoint-services {
+        type ipv4_addr . inet_proto . inet_service : verdict
+        comment "vmap to drop or reject packets to services with no endpoints"
+        elements = { 10.96.7.7 . tcp . 80 comment "ns/empty:tcp" : goto reject-chain }
+    }
+
+    map service-ips {
+        type ipv4_addr . inet_proto . inet_service : verdict
+        comment "ClusterIP, ExternalIP and LoadBalancer IP traffic"
+        elements = { 10.96.0.1 . tcp . 443 : goto service-2QRHZV4L-default/kubernetes/tcp/https,
+                 110.96.3.3 . tcp . 80 : goto service-AAAA-x/y/tcp/tcp }
+    }
+}
+"""
+IPT = "-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m comment --comment x -m tcp --dport 443 -j KUBE-SVC-NPX\n"
+
+
+@pytest.mark.parametrize(
+    ("dump", "ip", "mode", "want"),
+    [
+        pytest.param(NFT, "10.96.0.1", "nftables", True, id="nft-with-endpoints"),
+        pytest.param(NFT, "10.96.7.7", "nftables", False, id="nft-no-endpoints"),
+        pytest.param(NFT, "10.96.9.9", "nftables", False, id="nft-unknown"),
+        pytest.param(NFT, "10.96.3.3", "nftables", False, id="nft-only-a-longer-address-ends-so"),
+        pytest.param("", "10.96.0.1", "nftables", False, id="nft-no-table"),
+        pytest.param(IPT, "10.96.0.1", "iptables", True, id="iptables-svc-chain"),
+        pytest.param(IPT, "10.96.0.2", "iptables", False, id="iptables-unknown"),
+    ],
+)
+def test_programmed_reads_kube_proxy_rules(dump: str, ip: str, mode: str, want: bool) -> None:
+    assert programmed(dump, ip, mode=mode) is want

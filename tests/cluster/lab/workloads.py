@@ -6,6 +6,7 @@ The prober (`tests.support.probe`) drives a client agent in each pod through its
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from collections.abc import Sequence
@@ -100,8 +101,10 @@ def programmed(dump: str, ip: str, *, mode: str) -> bool:
     if mode == "nftables":
         # In the service-ips map: a Service kube-proxy knows without endpoints sits in the
         # no-endpoint-services map instead, and its packets are rejected ("refused").
-        return f"{ip} . " in _map_body(dump, "service-ips") and f"{ip} . " not in _map_body(
-            dump, "no-endpoint-services"
+        # An element starts with the address: nothing address-like right before it.
+        element = re.compile(rf"(?<![0-9a-fA-F.:]){re.escape(ip)} \. ")
+        return bool(element.search(_map_body(dump, "service-ips"))) and not element.search(
+            _map_body(dump, "no-endpoint-services")
         )
     return any(f"-d {ip}/" in line and "-j KUBE-SVC-" in line for line in dump.splitlines())
 
