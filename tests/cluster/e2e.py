@@ -21,6 +21,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from tests.cluster.lab import Lab, LabError
+from tests.cluster.lab.config import LAB_IMAGES
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "tests" / "e2e-results"
@@ -92,8 +93,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     if args.attach:
         lab, own = Lab.load(args.attach), False
+        if "agnhost" not in lab.cfg.images:
+            raise LabError(f"lab {args.attach} has no agnhost image (start it with `up --image agnhost`)")
     else:
-        lab, own = Lab.create(name="e2e", nodes=args.nodes), True
+        lab, own = Lab.create(name="e2e", nodes=args.nodes, images=(*LAB_IMAGES, "agnhost")), True
         lab.up()
     try:
         RESULTS.mkdir(parents=True, exist_ok=True)

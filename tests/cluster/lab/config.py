@@ -32,6 +32,10 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 # outlive the process that made it so that a crash can be cleaned up.
 DEFAULT_ROOT = Path(os.environ.get("STOCKADE_LAB_ROOT", "/run/stockade-lab"))
 
+# The archives (tests/images/build.sh <name>) every lab imports. Each costs seconds per node at
+# start (the test pod and CNI installer are python rootfs of ~180 MB), so `make e2e`'s agnhost is
+# imported only by labs that ask for it.
+LAB_IMAGES = ("pause", "testpod", "cni-installer")
 CLUSTER_CIDRS = ("10.244.0.0/16", "fd5c:ade2::/56")
 SERVICE_CIDRS = ("10.96.0.0/16", "fd5c:ade3::/112")
 NODE_MASK_V4 = 24
@@ -64,6 +68,8 @@ class LabConfig:
     proxy_mode: ProxyMode = "nftables"
     slot: int = 0
     root: Path = field(default=DEFAULT_ROOT)
+    # Image archives (tests/images names) imported into every node's containerd at start.
+    images: tuple[str, ...] = LAB_IMAGES
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):

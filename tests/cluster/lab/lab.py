@@ -21,10 +21,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import controlplane, nodes, realnode
-from .config import APISERVER_PORT, DEFAULT_ROOT, LabConfig, ProxyMode, collisions
+from .config import APISERVER_PORT, DEFAULT_ROOT, LAB_IMAGES, LabConfig, ProxyMode, collisions
 from .kube import ApiError, Credentials, Kube, Obj
 from .pki import PKI
 from .preflight import LabError, choose_slot, host_prefixes, tools_bin, wait_for
@@ -55,9 +56,11 @@ class Lab:
         nodes: int = 2,
         proxy_mode: ProxyMode = "nftables",
         root: Path = DEFAULT_ROOT,
+        images: tuple[str, ...] = LAB_IMAGES,
     ) -> Lab:
-        """A lab not started yet; its slot is chosen when `up` runs (after crash clean-up)."""
-        return cls(LabConfig(name=name, nodes=nodes, proxy_mode=proxy_mode, root=root))
+        """A lab not started yet; its slot is chosen when `up` runs (after crash clean-up).
+        `images`: the archives of tests/images to import into every node."""
+        return cls(LabConfig(name=name, nodes=nodes, proxy_mode=proxy_mode, root=root, images=images))
 
     @classmethod
     def load(cls, name: str, *, root: Path = DEFAULT_ROOT) -> Lab:
@@ -74,6 +77,7 @@ class Lab:
                 proxy_mode=mode,
                 slot=rec.slot,
                 root=root,
+                images=tuple(rec.info.get("images", LAB_IMAGES)),
             ),
             bin_dir=Path(rec.info["bin_dir"]) if rec.info.get("bin_dir") else None,
         )
@@ -186,7 +190,7 @@ class Lab:
         t = time.monotonic()
         bin_dir = self.bin_dir = self.bin_dir or tools_bin()
         # Fails early, naming what is missing (node binaries, runc, the images).
-        tools = nodes.NodeTools.find(bin_dir)
+        tools = nodes.NodeTools.find(bin_dir, self.cfg.images)
         for tool in ("nsenter", "nft") + (("iptables-restore",) if self.cfg.proxy_mode == "iptables" else ()):
             if shutil.which(tool) is None:
                 raise LabError(f"{tool} not found on PATH")
@@ -205,6 +209,7 @@ class Lab:
                 proxy_mode=self.cfg.proxy_mode,
                 slot=slot,
                 root=self.cfg.root,
+                images=self.cfg.images,
             )
             if clash := collisions(cfg, prefixes):
                 raise LabError("address ranges collide with the host: " + "; ".join(clash))
@@ -215,7 +220,7 @@ class Lab:
                 nodes=cfg.nodes,
                 proxy_mode=cfg.proxy_mode,
                 owner_pid=os.getpid(),
-                info={"bin_dir": str(bin_dir), "node_tools": str(tools.bin_dir)},
+                info={"bin_dir": str(bin_dir), "node_tools": str(tools.bin_dir), "images": list(cfg.images)},
             )
             self._save()
         finally:
@@ -338,11 +343,16 @@ class Lab:
                 node.netns,
                 env=env,
             )
+        socks = [realnode.containerd_socket(self.node_dir(node.name)) for node in cfg.all_nodes]
+        for node, sock in zip(cfg.all_nodes, socks, strict=True):
+            wait_for(f"containerd on {node.name}", sock.exists, timeout=timeout, alive=self._check_alive)
+        # Importing (and unpacking) the images is most of a node's start: all nodes at once.
+        t = time.monotonic()
+        with ThreadPoolExecutor(max_workers=len(socks)) as pool:
+            list(pool.map(tools.import_images, socks))
+        self._step("images imported", t)
         for node in cfg.all_nodes:
             nd = self.node_dir(node.name)
-            sock = realnode.containerd_socket(nd)
-            wait_for(f"containerd on {node.name}", sock.exists, timeout=timeout, alive=self._check_alive)
-            tools.import_images(sock)
             kc = self.pki.kubeconfig(
                 nd / "kubeconfig", stem=node.name, user=f"system:node:{node.name}", server=cfg.api_url_nodes
             )
