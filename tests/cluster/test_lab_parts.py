@@ -1,11 +1,15 @@
-"""The lab's pure parts, without a lab: addressing, collision checks, what kube-proxy programmed.
-Fast; these run wherever the cluster tier runs."""
+"""The lab's pure parts, without a lab: addressing, collision checks, what kube-proxy programmed,
+which images the nodes get. Fast; these run wherever the cluster tier runs."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.cluster.lab.config import LabConfig, collisions
+from tests.cluster.lab import LabError
+from tests.cluster.lab.config import LAB_IMAGES, LabConfig, collisions
+from tests.cluster.lab.nodes import NodeTools
 from tests.cluster.lab.workloads import programmed
 
 
@@ -94,3 +98,30 @@ IPT = "-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m comment --comment x -m tcp --d
 )
 def test_programmed_reads_kube_proxy_rules(dump: str, ip: str, mode: str, want: bool) -> None:
     assert programmed(dump, ip, mode=mode) is want
+
+
+@pytest.mark.parametrize(
+    ("present", "wanted", "missing"),
+    [
+        pytest.param(["pause", "testpod", "cni-installer"], LAB_IMAGES, "", id="lab-images"),
+        pytest.param(["pause", "testpod"], LAB_IMAGES, "cni-installer", id="one-missing"),
+        pytest.param(list(LAB_IMAGES), (*LAB_IMAGES, "agnhost"), "agnhost", id="e2e-needs-agnhost"),
+    ],
+)
+def test_node_tools_take_exactly_the_asked_images_and_name_the_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, present: list[str], wanted: tuple[str, ...], missing: str
+) -> None:
+    (tmp_path / "bin").mkdir()
+    for tool in ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr"):
+        (tmp_path / "bin" / tool).write_text("")
+    (tmp_path / "images").mkdir()
+    for name in [*present, "unrelated"]:
+        (tmp_path / "images" / f"{name}.tar").write_text("")
+    monkeypatch.setenv("STOCKADE_NODE_BIN", str(tmp_path / "bin"))
+    monkeypatch.setenv("STOCKADE_IMAGES_DIR", str(tmp_path / "images"))
+    if missing:
+        with pytest.raises(LabError, match=rf"images {missing} in .*build.sh {missing} builds"):
+            NodeTools.find(tmp_path / "unused", wanted)
+    else:
+        tools = NodeTools.find(tmp_path / "unused", wanted)
+        assert [p.name for p in tools.images] == [f"{n}.tar" for n in wanted]
