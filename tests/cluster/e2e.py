@@ -67,20 +67,28 @@ def kernel_has_sctp() -> bool:
     return True
 
 
-def summary(junit: Path) -> tuple[int, int, int, int]:
-    """(run, passed, failed, skipped) from the JUnit report."""
+def summary(junit: Path) -> tuple[int, int, int, int, int]:
+    """(run, passed, failed, skipped, not selected) over the specs (`[It]`) of the JUnit report.
+
+    Ginkgo lists every spec of the binary: those the focus/skip filters left out are `skipped`
+    with the bare message "skipped"; a spec that skipped itself while running says why.
+    """
     root = ET.parse(junit).getroot()
-    suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
-    total = failed = skipped = 0
-    for s in suites:
-        for case in s.iter("testcase"):
-            total += 1
-            if case.find("skipped") is not None:
+    passed = failed = skipped = filtered = 0
+    for case in root.iter("testcase"):
+        if not str(case.get("name", "")).startswith("[It]"):
+            continue  # suite set-up and report nodes
+        skip = case.find("skipped")
+        if skip is not None:
+            if (skip.get("message") or "skipped") == "skipped":
+                filtered += 1
+            else:
                 skipped += 1
-            elif case.find("failure") is not None or case.find("error") is not None:
-                failed += 1
-    run = total - skipped
-    return run, run - failed, failed, skipped
+        elif case.find("failure") is not None or case.find("error") is not None:
+            failed += 1
+        else:
+            passed += 1
+    return passed + failed, passed, failed, skipped, filtered
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             str(e2e_binary(lab)),
             f"--kubeconfig={lab.cfg.kubeconfig}",
             "--provider=local",
+            "--ginkgo.no-color",
             f"--ginkgo.focus={QUICK if args.quick else FOCUS}",
             f"--ginkgo.skip={SKIP if kernel_has_sctp() else SKIP + SKIP_NO_SCTP}",
             f"--ginkgo.junit-report={junit}",
@@ -120,11 +129,11 @@ def main(argv: list[str] | None = None) -> int:
         if not junit.exists():
             print(f"e2e: no JUnit report (exit {rc}); see {RESULTS / 'e2e.log'}", file=sys.stderr)
             return rc or 1
-        run, passed, failed, skipped = summary(junit)
+        run, passed, failed, skipped, filtered = summary(junit)
         minutes = (time.monotonic() - started) / 60
         print(
-            f"e2e NetworkPolicy: {run} run, {passed} passed, {failed} failed, {skipped} skipped "
-            f"in {minutes:.1f} min (JUnit: {junit})"
+            f"e2e NetworkPolicy: {run} specs run, {passed} passed, {failed} failed, {skipped} skipped "
+            f"({filtered} others not selected) in {minutes:.1f} min (JUnit: {junit})"
         )
         return rc
     finally:

@@ -1,5 +1,5 @@
 """The lab's pure parts, without a lab: addressing, collision checks, what kube-proxy programmed,
-which images the nodes get. Fast; these run wherever the cluster tier runs."""
+which images the nodes get, the e2e summary. Fast; these run wherever the cluster tier runs."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.e2e import summary
 from tests.cluster.lab import LabError
 from tests.cluster.lab.config import LAB_IMAGES, LabConfig, collisions
 from tests.cluster.lab.nodes import NodeTools
@@ -125,3 +126,24 @@ def test_node_tools_take_exactly_the_asked_images_and_name_the_missing(
     else:
         tools = NodeTools.find(tmp_path / "unused", wanted)
         assert [p.name for p in tools.images] == [f"{n}.tar" for n in wanted]
+
+
+JUNIT = """<?xml version="1.0" encoding="UTF-8"?>
+<testsuites><testsuite name="Kubernetes e2e suite">
+<testcase name="[SynchronizedBeforeSuite]" status="passed"></testcase>
+<testcase name="[It] [sig-network] Netpol API works" status="passed"></testcase>
+<testcase name="[It] [sig-network] Netpol default-deny" status="failed">
+  <failure message="wrong">x</failure></testcase>
+<testcase name="[It] [sig-network] Netpol windows" status="skipped">
+  <skipped message="skipped - not on linux"/></testcase>
+<testcase name="[It] [sig-apps] unrelated" status="skipped"><skipped message="skipped"/></testcase>
+<testcase name="[It] [sig-apps] also unrelated" status="skipped"><skipped message="skipped"/></testcase>
+<testcase name="[ReportAfterSuite] Kubernetes e2e suite report" status="passed"></testcase>
+</testsuite></testsuites>
+"""
+
+
+def test_e2e_summary_counts_specs_and_tells_skipped_from_not_selected(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    junit.write_text(JUNIT)
+    assert summary(junit) == (2, 1, 1, 1, 2)
