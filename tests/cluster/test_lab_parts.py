@@ -11,7 +11,7 @@ from tests.cluster.e2e import summary
 from tests.cluster.lab import LabError
 from tests.cluster.lab.config import LAB_IMAGES, LabConfig, collisions
 from tests.cluster.lab.nodes import NodeTools
-from tests.cluster.lab.workloads import programmed
+from tests.cluster.lab.proxy import programmed
 
 
 @pytest.mark.parametrize(

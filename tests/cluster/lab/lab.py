@@ -24,14 +24,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import controlplane, nodes, realnode
+from . import controlplane, nodes, proxy, realnode
 from .config import APISERVER_PORT, DEFAULT_ROOT, LAB_IMAGES, LabConfig, ProxyMode, collisions
 from .kube import ApiError, Credentials, Kube, Obj
 from .pki import PKI
 from .preflight import LabError, choose_slot, host_prefixes, tools_bin, wait_for
 from .report import status_lines
 from .state import OwnerLock, Record, alive, cleanup, proc_of, terminate
-from .underlay import Underlay, in_netns, spawn
+from .underlay import Underlay, spawn
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -300,7 +300,7 @@ class Lab:
         )
         wait_for(
             f"kube-proxy ({cfg.proxy_mode}) to program the kubernetes Service",
-            lambda: all(self._proxy_programmed(n.netns) for n in cfg.all_nodes),
+            lambda: all(proxy.synced(cfg, n.netns) for n in cfg.all_nodes),
             timeout=timeout,
             alive=self._check_alive,
         )
@@ -379,24 +379,6 @@ class Lab:
         conds = {c["type"]: c["status"] for c in node.get("status", {}).get("conditions", [])}
         taints = [t["key"] for t in node.get("spec", {}).get("taints", []) or []]
         return conds.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints
-
-    def _proxy_programmed(self, netns_name: str) -> bool:
-        if self.cfg.proxy_mode == "nftables":
-            cmds = [
-                ["nft", "list", "table", "ip", "kube-proxy"],
-                ["nft", "list", "table", "ip6", "kube-proxy"],
-            ]
-            # The `kubernetes` Service is IPv4-only (single-stack, first family): in ip6, the
-            # table's existence is the sign kube-proxy synced.
-            want = ["10.96.0.1", ""]
-        else:
-            cmds = [["iptables-save", "-t", "nat"], ["ip6tables-save", "-t", "nat"]]
-            want = ["10.96.0.1/32", "KUBE-SERVICES"]
-        for argv, needle in zip(cmds, want, strict=True):
-            out = subprocess.run(in_netns(netns_name, argv), capture_output=True, text=True, check=False)
-            if out.returncode != 0 or needle not in out.stdout:
-                return False
-        return True
 
     # --- use -------------------------------------------------------------------------------------
 

@@ -6,18 +6,15 @@ The prober (`tests.support.probe`) drives a client agent in each pod through its
 
 from __future__ import annotations
 
-import re
-import subprocess
 import time
 from collections.abc import Sequence
 
 from tests.support.probe import PodEndpoint
 
-from . import podclients
+from . import podclients, proxy
 from .kube import Obj
 from .lab import Lab
 from .preflight import LabError
-from .underlay import in_netns
 
 
 def apply(lab: Lab, manifest: str) -> str:
@@ -80,52 +77,12 @@ def cluster_ips(lab: Lab, namespace: str, name: str) -> list[str]:
     return list(svc["spec"].get("clusterIPs") or [svc["spec"]["clusterIP"]])
 
 
-def _proxy_lines(lab: Lab, netns: str, family: str) -> str:
-    if lab.cfg.proxy_mode == "nftables":
-        argv = ["nft", "list", "table", family, "kube-proxy"]
-    else:
-        argv = ["iptables-save" if family == "ip" else "ip6tables-save", "-t", "nat"]
-    out = subprocess.run(in_netns(netns, argv), capture_output=True, text=True, check=False)
-    return out.stdout if out.returncode == 0 else ""
-
-
-def _map_body(dump: str, name: str) -> str:
-    """The text of nft map `name` up to its first closing brace (its elements), or ''."""
-    head = f"map {name} {{"
-    return dump.split(head, 1)[1].split("}", 1)[0] if head in dump else ""
-
-
-def programmed(dump: str, ip: str, *, mode: str) -> bool:
-    """Whether kube-proxy's rules (`nft list table` / `iptables-save -t nat` text) send Service
-    address `ip` to endpoints."""
-    if mode == "nftables":
-        # In the service-ips map: a Service kube-proxy knows without endpoints sits in the
-        # no-endpoint-services map instead, and its packets are rejected ("refused").
-        # An element starts with the address: nothing address-like right before it.
-        element = re.compile(rf"(?<![0-9a-fA-F.:]){re.escape(ip)} \. ")
-        return bool(element.search(_map_body(dump, "service-ips"))) and not element.search(
-            _map_body(dump, "no-endpoint-services")
-        )
-    return any(f"-d {ip}/" in line and "-j KUBE-SVC-" in line for line in dump.splitlines())
-
-
-def _proxied(lab: Lab, ips: list[str]) -> bool:
-    return all(
-        programmed(_proxy_lines(lab, node.netns, "ip6" if ":" in ip else "ip"), ip, mode=lab.cfg.proxy_mode)
-        for node in lab.cfg.all_nodes
-        for ip in ips
-    )
-
-
 def wait_proxied(lab: Lab, namespace: str, name: str, *, timeout: float = 60.0) -> list[str]:
-    """The Service's ClusterIPs, once every node's kube-proxy forwards them to endpoints.
-
-    Pods turn Ready before kube-proxy (which syncs at most once a second) has seen their
-    EndpointSlices: a probe of the ClusterIP in between would be rejected on that node.
-    """
+    """The Service's ClusterIPs, once every node's kube-proxy forwards them to endpoints (see
+    `proxy`: a ClusterIP probed before that is rejected)."""
     ips = cluster_ips(lab, namespace, name)
     deadline = time.monotonic() + timeout
-    while not _proxied(lab, ips):
+    while not proxy.forwards(lab.cfg, ips):
         if time.monotonic() > deadline:
             raise LabError(f"kube-proxy did not program Service {namespace}/{name} ({ips}) on every node")
         time.sleep(0.3)
