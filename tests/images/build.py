@@ -391,7 +391,8 @@ def stockade(cache: Path) -> tuple[Callable[[], Image], list[str]]:
             run([*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(src)])
             run([*pip, "download", *STOCKADE_PIP_DOWNLOAD, "-r", str(REPO / STOCKADE_REQUIREMENTS),
                  "-d", str(wheels)])  # fmt: skip
-            run([*pip, "install", *STOCKADE_PIP_INSTALL, str(prefix), *map(str, sorted(wheels.glob("*.whl")))])
+            whls = [str(w) for w in sorted(wheels.glob("*.whl"))]
+            run([*pip, "install", *STOCKADE_PIP_INSTALL, str(prefix), *whls])
             # pip writes its own interpreter into the scripts; the image's is Debian's, as in the
             # Dockerfile's builder stage. direct_url.json records this build's temp paths only.
             for script in (prefix / "bin").iterdir():
