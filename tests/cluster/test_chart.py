@@ -77,7 +77,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert agent["args"][:2] == ["agent", "--node=$(NODE_NAME)"]
     assert "--cni-socket=/run/stockade/cni.sock" in agent["args"]
     init = _init(objs)
-    assert init["command"] == ["stockade-cni"] and init["args"][0] == "install"
+    assert init["command"] == ["stockade-cni"] and init["args"][:2] == ["install", "--node-name=$(NODE_NAME)"]
     assert "capabilities" in init["securityContext"] and "add" not in init["securityContext"]["capabilities"]
     assert _host_paths(objs) == {
         "state": "/var/lib/stockade",
@@ -174,6 +174,7 @@ CASES: list[tuple[str, Obj, Check]] = [
         _contains(_init_args, "--conf-name=05-s.conflist"), _contains(_cleanup_args, "--cni-conf-name=05-s.conflist"))),
     ("cni.networkName", {"cni": {"networkName": "podnet"}}, _contains(_init_args, "--network-name=podnet")),
     ("cni.mtu", {"cni": {"mtu": 1400}}, _contains(_init_args, "--mtu=1400")),
+    ("cni.agentTimeoutSeconds", {"cni": {"agentTimeoutSeconds": 20}}, _contains(_init_args, "--agent-timeout=20")),
     ("cni.resources", {"cni": {"resources": {"limits": {"memory": "1Gi"}}}}, _has(lambda o: _init(o)["resources"]["limits"], {"memory": "1Gi"})),
     ("hostPaths.state", {"hostPaths": {"state": "/data/stk"}}, _all(
         _has(lambda o: _host_paths(o)["state"], "/data/stk"),
@@ -273,3 +274,11 @@ def test_schema_refuses_with_the_field_named(tmp_path: Path, values: Obj, messag
     assert out.returncode != 0
     assert "values don't meet the specifications of the schema" in out.stderr
     assert message in out.stderr, out.stderr
+
+
+def test_plugin_must_wait_longer_than_the_agent(tmp_path: Path) -> None:
+    file = tmp_path / "bad.yaml"
+    file.write_text(yaml.safe_dump({"cni": {"agentTimeoutSeconds": 5}}))
+    out = helm("template", "stk", str(CHART), values=file, check=False)
+    assert out.returncode != 0
+    assert "cni.agentTimeoutSeconds (5) must exceed agent.cniTimeoutSeconds (10)" in out.stderr, out.stderr

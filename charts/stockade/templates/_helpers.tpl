@@ -78,13 +78,17 @@ installer's interface; see the README's install page):
 {{- end -}}
 
 {{- define "stockade.cniInstallArgs" -}}
+{{- if le (float64 .Values.cni.agentTimeoutSeconds) (float64 .Values.agent.cniTimeoutSeconds) -}}
+{{- fail (printf "cni.agentTimeoutSeconds (%v) must exceed agent.cniTimeoutSeconds (%v): the plugin must wait longer than the agent takes to answer" .Values.cni.agentTimeoutSeconds .Values.agent.cniTimeoutSeconds) -}}
+{{- end -}}
 - install
-- --node=$(NODE_NAME)
+- --node-name=$(NODE_NAME)
 - --bin-dir={{ include "stockade.cniBinMount" . }}
 - --conf-dir={{ include "stockade.cniConfMount" . }}
 - --conf-name={{ .Values.cni.confName }}
 - --network-name={{ .Values.cni.networkName }}
 - --agent-socket={{ .Values.hostPaths.run }}/cni.sock
+- --agent-timeout={{ .Values.cni.agentTimeoutSeconds }}
 - --ipam-dir={{ .Values.hostPaths.state }}/ipam
 {{- if .Values.cni.mtu }}
 - --mtu={{ .Values.cni.mtu }}
