@@ -22,7 +22,7 @@ import pytest
 import yaml
 from pyroute2 import IPRoute
 
-from tests.cluster.chart import CHART, tool
+from tests.cluster.chart import CHART, REPO, tool
 from tests.cluster.conftest import running_lab
 from tests.cluster.lab import Lab
 
@@ -32,6 +32,12 @@ TABLE = "table inet stockade { chain forward { type filter hook forward priority
 
 @pytest.fixture(scope="module")
 def rlab() -> Iterator[Lab]:
+    # The chart's image (cached: relinked in a second when built before); real nodes import every
+    # archive of the images dir.
+    built = subprocess.run(
+        ["bash", str(REPO / "tests/images/build.sh"), "stockade"], capture_output=True, text=True, check=False
+    )
+    assert built.returncode == 0, f"tests/images/build.sh stockade: {built.stderr[-2000:]}"
     name = "chart" + os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
     yield from running_lab(Lab.create(name=name, nodes=2, real_nodes=True))
 
