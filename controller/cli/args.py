@@ -18,7 +18,7 @@ from importlib import metadata
 from typing import Any, get_args
 
 from compiler.model import PROTOCOLS
-from controller.cli import uninstallargs
+from controller.cli import hostargs
 from controller.cli.offline import OutputFormat
 
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
@@ -179,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _family(p, "4 or 6 (default: each that addresses and ipBlocks use)")
 
-    uninstallargs.add_parsers(sub)  # node-side: their code is imported only when they run
+    hostargs.add_parsers(sub)  # node-side: their code is imported only when they run
     return parser
 
 

@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Sequence
 from typing import TextIO, cast
 
-from controller.cli import files, offline, uninstallargs
+from controller.cli import files, hostargs, offline
 from controller.cli.args import parse
 from controller.errors import InputError, InternalError, StockadeError, UsageError
 
@@ -110,8 +110,8 @@ def main(
     except SystemExit as e:  # --help, --version, or a usage error argparse already printed
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     try:
-        if args.command in uninstallargs.COMMANDS:
-            return uninstallargs.run(args, stdout=stdout)
+        if args.command in hostargs.COMMANDS:
+            return hostargs.run(args, stdout=stdout)
         result = _deliver(_run(args, stdin, stdout=stdout), args.output_file)
     except InputError as e:
         for problem in e.problems:

@@ -8,9 +8,10 @@ In this order, so that no new pod is attached through a half-removed Stockade:
 3. the VXLAN device (only a VXLAN device of that name: another kind is not Stockade's and stays);
 4. table ``inet stockade``, through :meth:`controller.applier.Applier.remove` (one transaction,
    no error when absent), the agent's own removal path;
-5. unless ``keep_state``: the contents of the state directory (IPAM allocations) and of the run
-   directory (the CNI socket). The directories themselves stay: in the cleanup pod they are
-   hostPath mount points.
+5. unless ``keep_state``: the contents of the state directory (IPAM allocations); the contents of
+   the run directory (the CNI socket) and of the plugin's runtime dir (``stockade
+   install-runtime``). The directories themselves stay: in the cleanup pod they are hostPath
+   mount points.
 
 Every step is idempotent: a second run finds nothing and says so. Only the agent must not be
 running on the node any more (its drift check would put the table back); the chart's hook waits
@@ -43,6 +44,7 @@ class NodeTargets:
     state_dir: Path = Path("/var/lib/stockade")
     run_dir: Path = Path("/run/stockade")
     overlay_device: str = "stockade.vx"
+    runtime_dir: Path | None = None  # what `stockade install-runtime` wrote (the plugin's Python)
 
     def check(self) -> None:
         """Refuse targets that could remove what is not Stockade's; raises :class:`UsageError`."""
@@ -55,7 +57,12 @@ class NodeTargets:
         ):
             if not path.is_absolute():
                 problems.append(f"{flag} {path}: not an absolute path")
-        for flag, path in (("--state-dir", self.state_dir), ("--run-dir", self.run_dir)):
+        emptied = [("--state-dir", self.state_dir), ("--run-dir", self.run_dir)]
+        if self.runtime_dir is not None:
+            emptied.append(("--runtime-dir", self.runtime_dir))
+            if not self.runtime_dir.is_absolute():
+                problems.append(f"--runtime-dir {self.runtime_dir}: not an absolute path")
+        for flag, path in emptied:
             if path.is_absolute() and len(path.resolve().parts) - 1 < _MIN_STATE_DEPTH:
                 problems.append(
                     f"{flag} {path}: refusing to empty a top-level directory (want e.g. /var/lib/stockade)"
@@ -101,6 +108,8 @@ def uninstall_node(
     else:
         steps.append(_empty(targets.state_dir, "state"))
     steps.append(_empty(targets.run_dir, "run dir"))
+    if targets.runtime_dir is not None:  # after the plugin binary: nothing runs it any more
+        steps.append(_empty(targets.runtime_dir, "plugin runtime"))
     return steps
 
 

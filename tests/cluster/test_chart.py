@@ -34,8 +34,8 @@ def _agent(objs: list[Obj]) -> Obj:
     return c
 
 
-def _init(objs: list[Obj]) -> Obj:
-    c: Obj = _pod(objs)["initContainers"][0]
+def _init(objs: list[Obj], name: str = "install-cni") -> Obj:
+    c: Obj = next(c for c in _pod(objs)["initContainers"] if c["name"] == name)
     return c
 
 
@@ -84,7 +84,13 @@ def test_defaults(tmp_path: Path) -> None:
         "run": "/run/stockade",
         "cni-bin": "/opt/cni/bin",
         "cni-conf": "/etc/cni/net.d",
+        "cni-runtime": "/opt/stockade",
     }
+    runtime = _init(objs, "install-runtime")
+    assert [c["name"] for c in pod["initContainers"]] == ["install-runtime", "install-cni"]
+    assert runtime["args"] == ["install-runtime", "--dest=/host/opt/stockade", "--host-dir=/opt/stockade"]
+    assert "--python=/opt/stockade/python" in init["args"]
+    assert "--runtime-dir=/host/opt/stockade" in _cleanup_args(objs)
     assert _ds(objs)["spec"]["updateStrategy"] == {
         "type": "RollingUpdate",
         "rollingUpdate": {"maxUnavailable": 1},
@@ -175,6 +181,10 @@ CASES: list[tuple[str, Obj, Check]] = [
     ("cni.networkName", {"cni": {"networkName": "podnet"}}, _contains(_init_args, "--network-name=podnet")),
     ("cni.mtu", {"cni": {"mtu": 1400}}, _contains(_init_args, "--mtu=1400")),
     ("cni.agentTimeoutSeconds", {"cni": {"agentTimeoutSeconds": 20}}, _contains(_init_args, "--agent-timeout=20")),
+    ("cni.runtimeDir", {"cni": {"runtimeDir": "/var/lib/stockade-rt"}}, _all(
+        _has(lambda o: _host_paths(o)["cni-runtime"], "/var/lib/stockade-rt"),
+        _contains(lambda o: _init(o, "install-runtime")["args"], "--host-dir=/var/lib/stockade-rt"),
+        _contains(_init_args, "--python=/var/lib/stockade-rt/python"))),
     ("cni.resources", {"cni": {"resources": {"limits": {"memory": "1Gi"}}}}, _has(lambda o: _init(o)["resources"]["limits"], {"memory": "1Gi"})),
     ("hostPaths.state", {"hostPaths": {"state": "/data/stk"}}, _all(
         _has(lambda o: _host_paths(o)["state"], "/data/stk"),
@@ -263,6 +273,7 @@ BAD: list[tuple[str, Obj, str]] = [
     ("pull-policy", {"image": {"pullPolicy": "sometimes"}}, "/image/pullPolicy"),
     ("timeout", {"uninstall": {"timeoutSeconds": 5}}, "/uninstall/timeoutSeconds"),
     ("mtu", {"cni": {"mtu": 100}}, "/cni/mtu"),
+    ("runtime-dir-top-level", {"cni": {"runtimeDir": "/opt"}}, "/cni/runtimeDir"),
 ]
 
 

@@ -49,7 +49,7 @@ def _links(name: str) -> dict[str, str]:
 
 
 def _node(tmp: Path) -> dict[str, Path]:
-    dirs = {k: tmp / k for k in ("bin", "netd", "state", "run")}
+    dirs = {k: tmp / k for k in ("bin", "netd", "state", "run", "runtime")}
     for d in dirs.values():
         d.mkdir()
     (dirs["bin"] / "stockade-cni").write_text("#!/bin/sh\n")
@@ -59,6 +59,8 @@ def _node(tmp: Path) -> dict[str, Path]:
     (dirs["state"] / "ipam").mkdir()
     (dirs["state"] / "ipam" / "10.244.1.5").write_text("c1 eth0")
     (dirs["run"] / "cni.sock").write_text("")
+    (dirs["runtime"] / "rt-0123456789ab" / "usr/bin").mkdir(parents=True)
+    (dirs["runtime"] / "python").write_text("#!/bin/sh\n")
     return dirs
 
 
@@ -72,6 +74,7 @@ def _uninstall(name: str, dirs: dict[str, Path], *extra: str) -> subprocess.Comp
         f"--state-dir={dirs['state']}",
         f"--run-dir={dirs['run']}",
         "--overlay-device=stockade.vx",
+        f"--runtime-dir={dirs['runtime']}",
         *extra,
     )
 
@@ -89,11 +92,12 @@ def test_removes_table_device_cni_files_and_state_then_finds_nothing(ns: str, tm
     assert sorted(p.name for p in dirs["bin"].iterdir()) == ["ptp"]
     assert sorted(p.name for p in dirs["netd"].iterdir()) == ["20-other.conflist"]
     assert list(dirs["state"].iterdir()) == [] and list(dirs["run"].iterdir()) == []
-    assert [line.split(":")[0] for line in first.stdout.splitlines()] == ["removed"] * 6, first.stdout
+    assert list(dirs["runtime"].iterdir()) == []
+    assert [line.split(":")[0] for line in first.stdout.splitlines()] == ["removed"] * 7, first.stdout
 
     again = _uninstall(ns, dirs)
     assert again.returncode == 0, again.stderr
-    assert [line.split(":")[0] for line in again.stdout.splitlines()] == ["absent"] * 6, again.stdout
+    assert [line.split(":")[0] for line in again.stdout.splitlines()] == ["absent"] * 7, again.stdout
 
 
 def test_keeps_state_when_asked_and_a_foreign_device_of_that_name(ns: str, tmp_path: Path) -> None:
@@ -115,8 +119,9 @@ def test_keeps_state_when_asked_and_a_foreign_device_of_that_name(ns: str, tmp_p
         ("--run-dir=run/stockade", "--run-dir run/stockade"),
         ("--cni-conf-name=../x.conflist", "--cni-conf-name"),
         ("--overlay-device=a-very-long-device-name", "--overlay-device"),
+        ("--runtime-dir=/opt", "--runtime-dir /opt"),
     ],
-    ids=["top-level-state-dir", "relative-run-dir", "conf-name-path", "long-device"],
+    ids=["top-level-state-dir", "relative-run-dir", "conf-name-path", "long-device", "top-level-runtime"],
 )
 def test_refuses_dangerous_targets_before_touching_anything(
     ns: str, tmp_path: Path, flag: str, named: str

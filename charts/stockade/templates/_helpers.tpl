@@ -55,13 +55,15 @@ image's own /opt and /etc stay as built). Shared by the agent DaemonSet and the 
 */}}
 {{- define "stockade.cniBinMount" -}}/host/opt/cni/bin{{- end -}}
 {{- define "stockade.cniConfMount" -}}/host/etc/cni/net.d{{- end -}}
+{{- define "stockade.runtimeMount" -}}/host/opt/stockade{{- end -}}
 
 {{/*
 Command lines of the other parts, each in one place (their flags are the agent's and the CNI
 installer's interface; see the README's install page):
 - stockade.agentArgs: `stockade agent` (controller/cli/args.py);
 - stockade.cniInstallArgs: `stockade-cni install` (controller/cni/install.py);
-- stockade.uninstallNodeArgs: `stockade uninstall-node` (controller/cli/uninstallargs.py).
+- stockade.uninstallNodeArgs: `stockade uninstall-node` (controller/cli/hostargs.py);
+- `stockade install-runtime` is in daemonset.yaml (controller/hostruntime.py says why).
 */}}
 {{- define "stockade.agentArgs" -}}
 - agent
@@ -89,6 +91,7 @@ installer's interface; see the README's install page):
 - --network-name={{ .Values.cni.networkName }}
 - --agent-socket={{ .Values.hostPaths.run }}/cni.sock
 - --agent-timeout={{ .Values.cni.agentTimeoutSeconds }}
+- --python={{ .Values.cni.runtimeDir }}/python
 - --ipam-dir={{ .Values.hostPaths.state }}/ipam
 {{- if .Values.cni.mtu }}
 - --mtu={{ .Values.cni.mtu }}
@@ -103,6 +106,7 @@ installer's interface; see the README's install page):
 - --state-dir={{ .Values.hostPaths.state }}
 - --run-dir={{ .Values.hostPaths.run }}
 - --overlay-device={{ .Values.overlay.device }}
+- --runtime-dir={{ include "stockade.runtimeMount" . }}
 {{- if .Values.uninstall.keepState }}
 - --keep-state
 {{- end }}
@@ -125,6 +129,10 @@ installer's interface; see the README's install page):
 - name: cni-conf
   hostPath:
     path: {{ .Values.cni.confDir }}
+    type: DirectoryOrCreate
+- name: cni-runtime
+  hostPath:
+    path: {{ .Values.cni.runtimeDir }}
     type: DirectoryOrCreate
 {{- end -}}
 
@@ -227,6 +235,8 @@ spec:
               mountPath: {{ include "stockade.cniBinMount" . }}
             - name: cni-conf
               mountPath: {{ include "stockade.cniConfMount" . }}
+            - name: cni-runtime
+              mountPath: {{ include "stockade.runtimeMount" . }}
       containers:
         # Ready once the init container succeeded: `stockade uninstall-cluster` waits for that.
         - name: done

@@ -1,6 +1,8 @@
-"""``stockade uninstall-node`` and ``stockade uninstall-cluster``: their flags, and the handlers that
-import the node-side code only when run (the offline commands never load libnftables, pyroute2
-or the Kubernetes client). What they do: :mod:`controller.uninstall`."""
+"""The commands that change a host outside the agent: ``stockade install-runtime`` (the chart's init
+container: the image's Python on the host for the CNI plugin, :mod:`controller.hostruntime`),
+``stockade uninstall-node`` and ``stockade uninstall-cluster`` (:mod:`controller.uninstall`).
+Their flags, and handlers that import the node-side code only when run (the offline commands
+never load libnftables, pyroute2 or the Kubernetes client)."""
 
 from __future__ import annotations
 
@@ -13,11 +15,23 @@ import yaml
 
 from controller.errors import UsageError
 
-COMMANDS = ("uninstall-node", "uninstall-cluster")
+COMMANDS = ("install-runtime", "uninstall-node", "uninstall-cluster")
 
 
 def add_parsers(sub: Any) -> None:
-    """Add both commands to the ``stockade`` subparsers (``sub``: argparse's subparsers action)."""
+    """Add the commands to the ``stockade`` subparsers (``sub``: argparse's subparsers action)."""
+    p = sub.add_parser(
+        "install-runtime",
+        help="copy this image's Python runtime to a host directory, for the CNI plugin's launcher",
+        description="Copy the interpreter, its libraries and the project into DEST (a hostPath"
+        " mount of HOST_DIR) and write HOST_DIR/python, the interpreter `stockade-cni install"
+        " --python` names. Prints the wrapper's host path.",
+    )
+    p.add_argument("--dest", type=Path, required=True, help="where HOST_DIR is mounted in this container")
+    p.add_argument(
+        "--host-dir", type=Path, required=True, help="the host's path of --dest, e.g. /opt/stockade"
+    )
+
     p = sub.add_parser(
         "uninstall-node",
         help="remove Stockade from this node: nftables table, CNI config and plugin, VXLAN device, state",
@@ -33,6 +47,12 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--run-dir", type=Path, default=Path("/run/stockade"), help="default /run/stockade")
     p.add_argument("--overlay-device", default="stockade.vx", help="the VXLAN device (default stockade.vx)")
     p.add_argument("--keep-state", action="store_true", help="keep the state directory's contents")
+    p.add_argument(
+        "--runtime-dir",
+        type=Path,
+        default=None,
+        help="the host runtime dir install-runtime wrote (its contents are removed; default: none)",
+    )
 
     p = sub.add_parser(
         "uninstall-cluster",
@@ -49,9 +69,21 @@ def add_parsers(sub: Any) -> None:
 
 def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
     out = stdout or sys.stdout
+    if args.command == "install-runtime":
+        return _runtime(args, out)
     if args.command == "uninstall-node":
         return _node(args, out)
     return _cluster(args, out)
+
+
+def _runtime(args: argparse.Namespace, out: TextIO) -> int:
+    from controller import hostruntime  # noqa: PLC0415 - node-side, lazily
+
+    wrapper = hostruntime.install_runtime(
+        hostruntime.Source.this_process(), dest=args.dest, host_dest=args.host_dir
+    )
+    print(wrapper, file=out, flush=True)
+    return 0
 
 
 def _node(args: argparse.Namespace, out: TextIO) -> int:
@@ -64,6 +96,7 @@ def _node(args: argparse.Namespace, out: TextIO) -> int:
         state_dir=args.state_dir,
         run_dir=args.run_dir,
         overlay_device=args.overlay_device,
+        runtime_dir=args.runtime_dir,
     )
     targets.check()  # before libnftables or netlink is touched
     steps = node.uninstall_node(
