@@ -79,9 +79,12 @@ def run(args: argparse.Namespace, *, stdout: TextIO | None = None) -> int:
 def _runtime(args: argparse.Namespace, out: TextIO) -> int:
     from controller import hostruntime  # noqa: PLC0415 - node-side, lazily
 
-    wrapper = hostruntime.install_runtime(
-        hostruntime.Source.this_process(), dest=args.dest, host_dest=args.host_dir
-    )
+    try:
+        wrapper = hostruntime.install_runtime(
+            hostruntime.Source.this_process(), dest=args.dest, host_dest=args.host_dir
+        )
+    except OSError as e:  # the host dir is not writable here (not root, read-only mount, full)
+        raise UsageError(f"--dest {args.dest}: cannot write the runtime: {e}") from e
     print(wrapper, file=out, flush=True)
     return 0
 

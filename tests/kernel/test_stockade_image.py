@@ -90,3 +90,44 @@ def test_image_runs_the_cli_and_loads_libnftables(
     )
     assert run("nft", "python3", "-c", probe).strip() == "/usr/lib/python3/dist-packages/nftables/__init__.py"
     assert "--keep-state" in run("help", "stockade", "uninstall-node", "--help")
+
+
+def test_install_runtime_puts_a_python_on_the_host_that_runs_the_project(
+    stockade_tar: Path, containerd: tuple[Path, Path, int], tmp_path: Path
+) -> None:
+    """What the chart's install-runtime init container does, then what the runtime does with the
+    plugin's launcher: run it on the host (here: outside the container, from the host's paths)."""
+    bin_dir, sock, cpid = containerd
+    _ctr(bin_dir, sock, cpid, "images", "import", str(stockade_tar))
+    host = tmp_path / "rt"
+    host.mkdir()
+    mount = f"type=bind,src={host},dst=/host/rt,options=rbind:rw"
+
+    def install(task: str) -> str:
+        argv = ["stockade", "install-runtime", "--dest=/host/rt", f"--host-dir={host}"]
+        # uid 0, as the chart runs it (the image's default user is nobody).
+        return _ctr(
+            bin_dir, sock, cpid, "run", "--rm", "--user", "0:0", "--mount", mount, _chart_image(), task, *argv
+        )
+
+    assert install("rt1").strip() == str(host / "python")
+    versions = sorted(p.name for p in host.iterdir())
+    assert versions[0] == "python" and len(versions) == 2 and versions[1].startswith("rt-")
+    # A launcher as `stockade-cni install --python` writes one: the wrapper as its #! interpreter.
+    launcher = tmp_path / "launcher"
+    launcher.write_text(
+        f"#!{host / 'python'} -I\n"
+        "import sys, controller.cli.main, pyroute2\n"
+        "print(sys.version.split()[0], controller.cli.main.__file__)\n"
+    )
+    launcher.chmod(0o755)
+    out = subprocess.run(
+        [str(launcher)], capture_output=True, text=True, check=False, env={"PATH": "/nonexistent"}
+    )
+    assert out.returncode == 0, out.stderr
+    version, module = out.stdout.split()
+    assert module == f"{host}/{versions[1]}/opt/stockade/controller/cli/main.py"
+    assert version.startswith("3.11.")
+    # The same image again: the same version directory, the wrapper replaced, nothing else.
+    install("rt2")
+    assert sorted(p.name for p in host.iterdir()) == versions
