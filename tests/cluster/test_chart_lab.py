@@ -74,9 +74,10 @@ def test_helm_uninstall_cleans_every_real_node(rlab: Lab, tmp_path: Path) -> Non
         Path(f"/var/lib/stockade-charttest-{os.getpid()}"),
         Path(f"/run/stockade-charttest-{os.getpid()}"),
     )
+    runtime = Path(f"/opt/stockade-charttest-{os.getpid()}")
     values = {
         "image": {"pullPolicy": "Never"},
-        "cni": {"install": False},
+        "cni": {"install": False, "runtimeDir": str(runtime)},
         "hostPaths": {"state": str(state), "run": str(run)},
         "uninstall": {"timeoutSeconds": 180},
     }
@@ -94,6 +95,8 @@ def test_helm_uninstall_cleans_every_real_node(rlab: Lab, tmp_path: Path) -> Non
         (state / "ipam" / "10.244.1.9").write_text("c eth0")
         (run).mkdir(parents=True, exist_ok=True)
         (run / "cni.sock").write_text("")
+        (runtime / "rt-0123456789ab").mkdir(parents=True)
+        (runtime / "python").write_text("#!/bin/sh\n")
 
         out = _helm(
             rlab, "install", RELEASE, str(CHART), "-n", "kube-system", "-f", str(tmp_path / "values.yaml")
@@ -111,7 +114,7 @@ def test_helm_uninstall_cleans_every_real_node(rlab: Lab, tmp_path: Path) -> Non
             assert (node_dir / "cni-net.d" / "10-stockade-lab.conflist").exists(), (
                 "the lab's CNI config is not Stockade's"
             )
-        assert list(state.iterdir()) == [] and list(run.iterdir()) == []
+        assert list(state.iterdir()) == [] and list(run.iterdir()) == [] and list(runtime.iterdir()) == []
         left = rlab.kubectl(
             "get", "daemonsets,jobs,serviceaccounts,roles,rolebindings,configmaps,pods", "-A",
             "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name",
@@ -127,3 +130,4 @@ def test_helm_uninstall_cleans_every_real_node(rlab: Lab, tmp_path: Path) -> Non
                     ipr.link("del", index=index)
         shutil.rmtree(state, ignore_errors=True)
         shutil.rmtree(run, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)
