@@ -25,10 +25,11 @@ COPY controller controller
 COPY image/requirements.txt image/requirements.txt
 # The project's wheel (no dependencies), then exactly the pinned dependency wheels, hash-checked,
 # for the final stage's Python (CPython 3.11, manylinux x86_64), binary wheels only: no compiler.
+# --break-system-packages: Debian's pip refuses even a --target install under its PEP 668 marker.
 RUN python3 -m pip wheel --no-deps --wheel-dir /wheels . \
  && python3 -m pip download --only-binary=:all: --python-version 3.11 --implementation cp --abi cp311 \
       --platform manylinux2014_x86_64 --require-hashes --no-deps -r image/requirements.txt -d /wheels \
- && python3 -m pip install --no-index --no-deps --no-compile --target /opt/stockade /wheels/*.whl
+ && python3 -m pip install --no-index --no-deps --no-compile --break-system-packages --target /opt/stockade /wheels/*.whl
 
 FROM ${DEBIAN}
 # Debian's libnftables (and its Python binding, which loads it): the nft the node's kernel speaks.

@@ -51,7 +51,9 @@ STOCKADE_PIP_DOWNLOAD = (
     "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
     "--platform", "manylinux2014_x86_64", "--require-hashes", "--no-deps",
 )  # fmt: skip
-STOCKADE_PIP_INSTALL = ("--no-index", "--no-deps", "--no-compile", "--target")
+# --break-system-packages: Debian's pip refuses any install, even --target (not the system's site),
+# under its PEP 668 marker; harmless elsewhere.
+STOCKADE_PIP_INSTALL = ("--no-index", "--no-deps", "--no-compile", "--break-system-packages", "--target")
 STOCKADE_PREFIX = "opt/stockade"
 STOCKADE_ENV = [
     f"PATH=/{STOCKADE_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -374,7 +376,7 @@ def stockade(cache: Path) -> tuple[Callable[[], Image], list[str]]:
     sources = hashlib.sha256()
     for path in _source_files():
         sources.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    key_inputs = [sources.hexdigest(), requirements, *STOCKADE_PACKAGES, *STOCKADE_PIP_DOWNLOAD]
+    key_inputs = [sources.hexdigest(), requirements, *STOCKADE_PACKAGES, *STOCKADE_PIP_DOWNLOAD, *STOCKADE_PIP_INSTALL]
 
     def make() -> Image:
         rootfs = debian_rootfs(cache, STOCKADE_PACKAGES)
