@@ -376,7 +376,8 @@ def stockade(cache: Path) -> tuple[Callable[[], Image], list[str]]:
     sources = hashlib.sha256()
     for path in _source_files():
         sources.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
-    key_inputs = [sources.hexdigest(), requirements, *STOCKADE_PACKAGES, *STOCKADE_PIP_DOWNLOAD, *STOCKADE_PIP_INSTALL]
+    key_inputs = [sources.hexdigest(), requirements, *STOCKADE_PACKAGES]
+    key_inputs += [*STOCKADE_PIP_DOWNLOAD, *STOCKADE_PIP_INSTALL]
 
     def make() -> Image:
         rootfs = debian_rootfs(cache, STOCKADE_PACKAGES)
