@@ -62,7 +62,7 @@ def test_defaults(tmp_path: Path) -> None:
         ]
     )
     pod = _pod(objs)
-    assert pod["hostNetwork"] is True
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "Default"
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert pod["serviceAccountName"] == "stk-stockade"
