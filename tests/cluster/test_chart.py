@@ -173,7 +173,10 @@ CASES: list[tuple[str, Obj, Check]] = [
     ("agent.livenessProbe", {"agent": {"livenessProbe": {"periodSeconds": 7}}}, _has(lambda o: _agent(o)["livenessProbe"]["periodSeconds"], 7)),
     ("agent.readinessProbe", {"agent": {"readinessProbe": {"failureThreshold": 9}}}, _has(lambda o: _agent(o)["readinessProbe"]["failureThreshold"], 9)),
     ("logging.level", {"logging": {"level": "DEBUG"}}, _contains(_agent_args, "--log-level=DEBUG")),
-    ("cni.install", {"cni": {"install": False}}, _has(lambda o: "initContainers" in _pod(o), False)),
+    ("cni.install", {"cni": {"install": False}}, _all(
+        _has(lambda o: "initContainers" in _pod(o), False),
+        _has(lambda o: sorted(_host_paths(o)), ["run", "state"]),
+        _contains(lambda o: [v["name"] for v in cleanup_daemonset(o)["spec"]["template"]["spec"]["volumes"]], "cni-bin", "cni-runtime"))),
     ("cni.binDir", {"cni": {"binDir": "/usr/libexec/cni"}}, _has(lambda o: _host_paths(o)["cni-bin"], "/usr/libexec/cni")),
     ("cni.confDir", {"cni": {"confDir": "/etc/cni/conf.d"}}, _has(lambda o: _host_paths(o)["cni-conf"], "/etc/cni/conf.d")),
     ("cni.confName", {"cni": {"confName": "05-s.conflist"}}, _all(

@@ -112,8 +112,12 @@ installer's interface; see the README's install page):
 {{- end }}
 {{- end -}}
 
-{{/* The host directories both the agent and the cleanup mount (hostPath, created if missing). */}}
-{{- define "stockade.hostVolumes" -}}
+{{/*
+The host directories (hostPath, created if missing): the agent's state and run dirs, and the CNI
+dirs and plugin runtime the init containers write (the agent's pod has those only with
+cni.install; the cleanup always, in case they were installed by hand).
+*/}}
+{{- define "stockade.stateVolumes" -}}
 - name: state
   hostPath:
     path: {{ .Values.hostPaths.state }}
@@ -122,6 +126,9 @@ installer's interface; see the README's install page):
   hostPath:
     path: {{ .Values.hostPaths.run }}
     type: DirectoryOrCreate
+{{- end -}}
+
+{{- define "stockade.cniVolumes" -}}
 - name: cni-bin
   hostPath:
     path: {{ .Values.cni.binDir }}
@@ -255,5 +262,6 @@ spec:
               cpu: 1m
               memory: 8Mi
       volumes:
-        {{- include "stockade.hostVolumes" . | nindent 8 }}
+        {{- include "stockade.stateVolumes" . | nindent 8 }}
+        {{- include "stockade.cniVolumes" . | nindent 8 }}
 {{- end -}}
