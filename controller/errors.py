@@ -11,6 +11,7 @@ and raise from one place; what the controller adds is only what the compiler can
   from the peer), with the protocol's error code;
 - :class:`AgentRefused`: the agent answered the CNI client with an error code;
 - :class:`AgentUnavailable`: the CNI client could not get an answer from the agent in time;
+- :class:`UninstallIncomplete`: ``stockade uninstall-cluster`` ran out of time (names the nodes);
 - :class:`InternalError` (re-exported): a bug in Stockade.
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "PeerError",
     "Problem",
     "StockadeError",
+    "UninstallIncomplete",
     "UsageError",
 ]
 
@@ -79,3 +81,8 @@ class AgentRefused(CniProtocolError):
 
 class AgentUnavailable(StockadeError):
     """The CNI client got no answer from the node agent (no socket, refused, or timed out)."""
+
+
+class UninstallIncomplete(StockadeError):
+    """``stockade uninstall-cluster`` ran out of time: the message names what was not done (which
+    nodes were not cleaned); nothing it did is undone, and running it again continues."""

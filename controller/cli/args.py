@@ -18,6 +18,7 @@ from importlib import metadata
 from typing import Any, get_args
 
 from compiler.model import PROTOCOLS
+from controller.cli import hostargs
 from controller.cli.offline import OutputFormat
 
 OUTPUT_FORMATS: tuple[str, ...] = get_args(OutputFormat)
@@ -227,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a pod's programming may take before the CNI plugin is answered with an error",
     )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    hostargs.add_parsers(sub)  # node-side: their code is imported only when they run
     return parser
 
 

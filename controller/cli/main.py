@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import TextIO, cast
 
-from controller.cli import files, offline
+from controller.cli import files, hostargs, offline
 from controller.cli.args import parse
 from controller.errors import InputError, InternalError, StockadeError, UsageError
 
@@ -117,6 +117,10 @@ def main(
         return e.code if isinstance(e.code, int) else EXIT_USAGE
     if args.command == "agent":
         return finish(lambda: _agent(args), command=args.command, stdout=stdout, stderr=stderr)
+    if args.command in hostargs.COMMANDS:
+        return finish(
+            lambda: hostargs.run(args, stdout=stdout), command=args.command, stdout=stdout, stderr=stderr
+        )
     return finish(
         lambda: deliver(_run(args, stdin, stdout=stdout), args.output_file),
         command=args.command,

@@ -13,10 +13,12 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
+import tomllib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +42,24 @@ CNI_INSTALLER_NAMES = ("lab.stockade.io/cni-installer:v1",)
 # installer need libpython3.11-stdlib too.
 PYTHON_PACKAGES = ("python3-minimal", "libpython3.11-stdlib")
 CNI_PLUGINS = ("ptp", "host-local", "loopback", "portmap")
+# The Stockade image mirrors the repo's Dockerfile: its final stage's Debian packages, the project's
+# wheel, and exactly the wheels image/requirements.txt pins, fetched with the same pip flags.
+STOCKADE_PACKAGES = ("python3", "libnftables1", "python3-nftables")
+STOCKADE_REQUIREMENTS = "image/requirements.txt"
+STOCKADE_SOURCES = ("pyproject.toml", "README.md", "compiler", "controller")  # the Dockerfile's COPYs
+STOCKADE_PIP_DOWNLOAD = (
+    "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+    "--platform", "manylinux2014_x86_64", "--require-hashes", "--no-deps",
+)  # fmt: skip
+# --break-system-packages: Debian's pip refuses any install, even --target (not the system's site),
+# under its PEP 668 marker; harmless elsewhere.
+STOCKADE_PIP_INSTALL = ("--no-index", "--no-deps", "--no-compile", "--break-system-packages", "--target")
+STOCKADE_PREFIX = "opt/stockade"
+STOCKADE_ENV = [
+    f"PATH=/{STOCKADE_PREFIX}/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    f"PYTHONPATH=/{STOCKADE_PREFIX}",
+    "PYTHONDONTWRITEBYTECODE=1",
+]
 
 
 class BuildError(Exception):
@@ -144,6 +164,7 @@ class Image:
         default_factory=lambda: ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
     )
     workdir: str = ""
+    cmd: list[str] = field(default_factory=list)
     layers: list[Path | bytes] = field(default_factory=list)  # tar file on disk, or tar bytes
 
 
@@ -175,6 +196,8 @@ def write_archive(image: Image, out: Path) -> None:
             cfg["User"] = image.user
         if image.workdir:
             cfg["WorkingDir"] = image.workdir
+        if image.cmd:
+            cfg["Cmd"] = image.cmd
         config = {
             "created": CREATED,
             "architecture": "amd64",
@@ -323,7 +346,79 @@ def cni_installer(cache: Path) -> tuple[Callable[[], Image], list[str]]:
     return make, key_inputs
 
 
-RECIPES = {"pause": pause, "agnhost": agnhost, "testpod": testpod, "cni-installer": cni_installer}
+def stockade_version() -> str:
+    return str(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"])
+
+
+def _source_files() -> list[Path]:
+    files: list[Path] = []
+    for src in STOCKADE_SOURCES:
+        path = REPO / src
+        files += sorted(p for p in path.rglob("*.py")) if path.is_dir() else [path]
+    return files
+
+
+def dir_files(root: Path, dest: str) -> list[File]:
+    """Every file under ``root`` as image files under ``dest`` (executables 0755, others 0644)."""
+    out = []
+    for path in sorted(root.rglob("*")):
+        rel = f"{dest}/{path.relative_to(root)}"
+        if path.is_symlink():
+            out.append(File(rel, symlink=os.readlink(path)))
+        elif path.is_file():
+            out.append(File(rel, path.read_bytes(), 0o755 if os.access(path, os.X_OK) else 0o644))
+    return out
+
+
+def stockade(cache: Path) -> tuple[Callable[[], Image], list[str]]:
+    """The Dockerfile's two stages without Docker: the builder stage's pip commands run here."""
+    requirements = (REPO / STOCKADE_REQUIREMENTS).read_text()
+    sources = hashlib.sha256()
+    for path in _source_files():
+        sources.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+    key_inputs = [sources.hexdigest(), requirements, *STOCKADE_PACKAGES]
+    key_inputs += [*STOCKADE_PIP_DOWNLOAD, *STOCKADE_PIP_INSTALL]
+
+    def make() -> Image:
+        rootfs = debian_rootfs(cache, STOCKADE_PACKAGES)
+        pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+        with tempfile.TemporaryDirectory() as tmp:
+            src, wheels, prefix = Path(tmp, "src"), Path(tmp, "wheels"), Path(tmp, "prefix")
+            for name in STOCKADE_SOURCES:  # a clean copy, as the Dockerfile's build context
+                if (REPO / name).is_dir():
+                    shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    src.mkdir(exist_ok=True)
+                    shutil.copy2(REPO / name, src / name)
+            log("stockade: pip wheel (the project) and pip download (image/requirements.txt)")
+            run([*pip, "wheel", "--no-deps", "--wheel-dir", str(wheels), str(src)])
+            run([*pip, "download", *STOCKADE_PIP_DOWNLOAD, "-r", str(REPO / STOCKADE_REQUIREMENTS),
+                 "-d", str(wheels)])  # fmt: skip
+            whls = [str(w) for w in sorted(wheels.glob("*.whl"))]
+            run([*pip, "install", *STOCKADE_PIP_INSTALL, str(prefix), *whls])
+            # pip writes its own interpreter into the scripts; the image's is Debian's, as in the
+            # Dockerfile's builder stage. direct_url.json records this build's temp paths only.
+            for script in (prefix / "bin").iterdir():
+                data = script.read_bytes()
+                if data.startswith(b"#!"):
+                    script.write_bytes(b"#!/usr/bin/python3" + data[data.index(b"\n") :])
+            for direct_url in prefix.glob("*.dist-info/direct_url.json"):
+                direct_url.unlink()
+            layer = files_layer(dir_files(prefix, STOCKADE_PREFIX))
+        names = (f"lab.stockade.io/stockade:{stockade_version()}",)
+        return Image("stockade", names, ["stockade"], cmd=["--help"], user="65534:65534",
+                     env=STOCKADE_ENV, layers=[rootfs, layer])  # fmt: skip
+
+    return make, key_inputs
+
+
+RECIPES = {
+    "pause": pause,
+    "agnhost": agnhost,
+    "testpod": testpod,
+    "cni-installer": cni_installer,
+    "stockade": stockade,
+}
 
 
 def build(name: str, cache: Path) -> Path:
