@@ -1,0 +1,323 @@
+"""End to end without kubelets: real ``stockade agent`` processes, one per node namespace, drive
+the VXLAN overlay and the ruleset from the API; pods attached by ``stockade-cni`` as a runtime
+attaches them talk across nodes over IPv4 and IPv6 with strict reverse-path filtering on; a
+namespace-isolating policy is enforced on both nodes (ingress on one, egress on the other) and
+from a new pod's first packet; a third node joins by its Node object alone; deleting a Node
+removes its overlay entries from the others; CNI DEL leaves nothing behind.
+
+The tests run in order on one lab (module scope), each building on the state the previous left.
+See :mod:`tests.cluster.overlaylab` for what stands in for kubelets and the runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import os
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyroute2 import IPRoute, netns
+
+from tests.cluster.apiserver import ControlPlane, control_plane
+from tests.cluster.overlaylab import (
+    HUB_ADDRESS,
+    Node,
+    Pod,
+    make_hub,
+    make_root,
+    pod_cidrs,
+    remove_root,
+    underlay_address,
+    wait_until,
+)
+from tests.support.nodelab import has_table
+
+pytestmark = pytest.mark.cluster
+
+BOUND = 10.0  # seconds from an API write to enforcement or overlay change on a loaded machine
+FIRST_SYN = 0.5  # a probe shorter than TCP's 1 s SYN retransmission: one packet decides
+ISOLATED, OPEN = "alpha", "beta"
+FAMILIES = (4, 6)
+# alpha's pods talk among themselves only, both ways.
+ISOLATE = {
+    "metadata": {"name": "isolate", "namespace": ISOLATED},
+    "spec": {
+        "podSelector": {},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [{"from": [{"podSelector": {}}]}],
+        "egress": [{"to": [{"podSelector": {}}]}],
+    },
+}
+
+
+@dataclass
+class Lab:
+    hub: str
+    root: Path
+    cp: ControlPlane
+    nodes: dict[str, Node] = field(default_factory=dict)
+    pods: dict[str, Pod] = field(default_factory=dict)
+
+    def add_node(self, name: str, index: int) -> Node:
+        node = Node(name=name, index=index, hub=self.hub, root=self.root, kube=self.cp.kube)
+        self.nodes[name] = node
+        node.create()
+        with self.cp.here():
+            node.register()
+        node.install_cni()
+        node.start_agent(self.cp.kubeconfig)
+        wait_until(f"{name} ready", node.agent_ready, timeout=90, nodes=(node,))
+        return node
+
+    def add_pod(self, namespace: str, name: str, node: str, *, status: bool = True) -> Pod:
+        pod = Pod(namespace=namespace, name=name, node=self.nodes[node])
+        self.pods[name] = pod
+        with self.cp.here():
+            pod.create()
+        pod.add()
+        if status:
+            self.report(pod)
+        return pod
+
+    def report(self, pod: Pod) -> None:
+        with self.cp.here():
+            pod.report_status()
+
+    def agents(self) -> tuple[Node, ...]:
+        return tuple(self.nodes.values())
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    hub = f"stkow{os.getpid()}"
+    root = make_root()
+    make_hub(hub)
+    try:
+        with control_plane(netns=hub, address=HUB_ADDRESS) as cp:
+            the_lab = Lab(hub, root, cp)
+            try:
+                with cp.here():
+                    for namespace in (ISOLATED, OPEN):
+                        cp.kube.create("/api/v1/namespaces", {"metadata": {"name": namespace}})
+                the_lab.add_node("node1", 1)
+                the_lab.add_node("node2", 2)
+                for name, namespace, where in (
+                    ("a1", ISOLATED, "node1"),
+                    ("b1", OPEN, "node1"),
+                    ("a2", ISOLATED, "node2"),
+                    ("b2", OPEN, "node2"),
+                ):
+                    the_lab.add_pod(namespace, name, where).serve()
+                yield the_lab
+            finally:
+                for pod in the_lab.pods.values():
+                    pod.close()
+                for node in the_lab.nodes.values():
+                    node.close()
+    finally:
+        with contextlib.suppress(OSError):
+            netns.remove(hub)
+        remove_root(root)
+
+
+def matrix(lab: Lab, pairs: list[tuple[str, str]]) -> dict[str, bool]:
+    return {
+        f"{src}->{dst} v{family}": lab.pods[src].reach(lab.pods[dst], family)
+        for src, dst in pairs
+        for family in FAMILIES
+    }
+
+
+def _overlay_entries() -> dict[str, set[str]]:
+    """Routes, neighbours and FDB entries on the VXLAN device (inside a node's namespace)."""
+    with IPRoute() as ipr:
+        found = ipr.link_lookup(ifname="stockade.vx")
+        if not found:
+            return {"routes": set(), "neigh": set(), "fdb": set()}
+        index = found[0]
+        return {
+            "routes": {
+                f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
+                for family in (socket.AF_INET, socket.AF_INET6)
+                for r in ipr.get_routes(family=family, oif=index, table=254)
+                if r.get_attr("RTA_GATEWAY")
+            },
+            "neigh": {
+                str(n.get_attr("NDA_DST"))
+                for family in (socket.AF_INET, socket.AF_INET6)
+                for n in ipr.get_neighbours(family=family, ifindex=index)
+                if n["state"] & 0x80  # permanent
+            },
+            "fdb": {
+                str(f.get_attr("NDA_DST"))
+                for f in ipr.fdb("dump", ifindex=index)
+                if f["ifindex"] == index and f.get_attr("NDA_DST")
+            },
+        }
+
+
+def entries_of(index: int) -> dict[str, set[str]]:
+    """What every other node must hold for node ``index`` (written out, not derived by the module)."""
+    v4, v6 = pod_cidrs(index)
+    return {
+        "routes": {v4, v6},
+        "neigh": {
+            str(ipaddress.ip_network(v4).network_address),
+            str(ipaddress.ip_network(v6).network_address),
+        },
+        "fdb": {underlay_address(index)},
+    }
+
+
+def holds(node: Node, index: int) -> dict[str, bool]:
+    have = node.call(_overlay_entries)
+    return {kind: wanted <= have[kind] for kind, wanted in entries_of(index).items()}
+
+
+def lacks(node: Node, index: int) -> bool:
+    have = node.call(_overlay_entries)
+    return all(not (wanted & have[kind]) for kind, wanted in entries_of(index).items())
+
+
+def test_pods_on_different_nodes_reach_each_other_over_the_overlay(lab: Lab) -> None:
+    """No policy yet: every pair across the nodes connects, on both families, from the pod's own
+    address (no NAT), with strict rp_filter and the agents' tables (anti-spoofing) loaded."""
+    for node in lab.agents():
+        assert has_table(node.netns), f"{node.name} has no stockade table"
+    assert holds(lab.nodes["node1"], 2) == {"routes": True, "neigh": True, "fdb": True}
+    assert holds(lab.nodes["node2"], 1) == {"routes": True, "neigh": True, "fdb": True}
+    pairs = [("a1", "b2"), ("b2", "a1"), ("a2", "b1"), ("b1", "a2"), ("a1", "a2"), ("b2", "b1")]
+    assert matrix(lab, pairs) == dict.fromkeys(matrix_keys(pairs), True)
+
+
+def matrix_keys(pairs: list[tuple[str, str]]) -> list[str]:
+    return [f"{src}->{dst} v{family}" for src, dst in pairs for family in FAMILIES]
+
+
+def test_a_namespace_isolating_policy_is_enforced_on_both_nodes(lab: Lab) -> None:
+    with lab.cp.here():
+        lab.cp.kube.create(f"/apis/networking.k8s.io/v1/namespaces/{ISOLATED}/networkpolicies", ISOLATE)
+    a1, b2 = lab.pods["a1"], lab.pods["b2"]
+    took = wait_until(
+        "b2 -> a1 blocked (ingress on node1)",
+        lambda: not b2.reach(a1, 4, timeout=FIRST_SYN),
+        timeout=BOUND,
+        nodes=lab.agents(),
+    )
+    print(f"policy create -> enforced across nodes: {took * 1000:.0f} ms")
+    denied = [
+        ("b2", "a1"),  # ingress, on node1 (b2's egress on node2 allows it)
+        ("a1", "b2"),  # egress, on node1
+        ("a2", "b1"),  # egress, on node2
+        ("b1", "a2"),  # ingress, on node2
+    ]
+    allowed = [("a1", "a2"), ("a2", "a1"), ("b1", "b2"), ("b2", "b1")]
+    assert matrix(lab, denied) == dict.fromkeys(matrix_keys(denied), False)
+    assert matrix(lab, allowed) == dict.fromkeys(matrix_keys(allowed), True)
+
+
+def test_a_pod_sending_as_its_first_act_is_already_subject_to_policy(lab: Lab) -> None:
+    """ADD returns once the agent programmed the pod, before the kubelet reports its addresses:
+    the pod's first SYN is judged by its policy (denied to beta, allowed to alpha on its node)."""
+    a3 = lab.add_pod(ISOLATED, "a3", "node2", status=False)
+    first = {
+        "a3->b2 v4": a3.reach(lab.pods["b2"], 4, timeout=FIRST_SYN),
+        "a3->b1 v6": a3.reach(lab.pods["b1"], 6, timeout=FIRST_SYN),
+        "a3->a2 v4": a3.reach(lab.pods["a2"], 4, timeout=FIRST_SYN),
+    }
+    assert first == {"a3->b2 v4": False, "a3->b1 v6": False, "a3->a2 v4": True}
+    lab.report(a3)
+    a3.serve()
+    a1 = lab.pods["a1"]
+    wait_until("a1 -> a3 across nodes once the API shows a3", lambda: a1.reach(a3, 4), timeout=BOUND)
+    assert not lab.pods["b1"].reach(a3, 6, timeout=FIRST_SYN)
+
+
+def test_a_third_node_joins_without_restarting_the_agents(lab: Lab) -> None:
+    pids = {name: node.agent.proc.pid for name, node in lab.nodes.items() if node.agent is not None}
+    lab.add_node("node3", 3)
+    lab.add_pod(OPEN, "b3", "node3").serve()
+    b1, b2, b3 = lab.pods["b1"], lab.pods["b2"], lab.pods["b3"]
+    took = wait_until(
+        "b1 -> b3 and b3 -> b2 on both families",
+        lambda: all(b1.reach(b3, f) and b3.reach(b2, f) for f in FAMILIES),
+        timeout=BOUND,
+        nodes=lab.agents(),
+    )
+    print(f"third node's pod reachable {took * 1000:.0f} ms after its ADD")
+    assert not lab.pods["a1"].reach(b3, 4, timeout=FIRST_SYN)  # alpha's egress, on node1
+    assert not b3.reach(lab.pods["a2"], 6, timeout=FIRST_SYN)  # alpha's ingress, on node2
+    assert {name: lab.nodes[name].agent.proc.pid for name in pids} == pids  # type: ignore[union-attr]
+
+
+def test_deleting_a_node_removes_its_overlay_entries_from_the_others(lab: Lab) -> None:
+    node1, node2, node3 = lab.nodes["node1"], lab.nodes["node2"], lab.nodes["node3"]
+    for node in (node1, node2):
+        assert holds(node, 3) == {"routes": True, "neigh": True, "fdb": True}
+    b3 = lab.pods.pop("b3")
+    with lab.cp.here():
+        b3.delete()
+    b3.close()
+    node3.stop_agent()
+    with lab.cp.here():
+        lab.cp.kube.delete("/api/v1/nodes/node3")
+    took = wait_until(
+        "node3's route, neighbours and FDB entry gone from node1 and node2",
+        lambda: lacks(node1, 3) and lacks(node2, 3),
+        timeout=BOUND,
+        nodes=(node1, node2),
+    )
+    print(f"Node delete -> overlay entries gone: {took * 1000:.0f} ms")
+    assert holds(node1, 2) == {"routes": True, "neigh": True, "fdb": True}  # the others stay
+
+
+def _leftovers(addresses: list[str]) -> dict[str, Any]:
+    """Pod links and routes to pod addresses (inside a node's namespace)."""
+    wanted = {ipaddress.ip_address(a) for a in addresses}
+    with IPRoute() as ipr:
+        links = sorted(
+            str(link.get_attr("IFLA_IFNAME"))
+            for link in ipr.get_links()
+            if str(link.get_attr("IFLA_IFNAME")).startswith("stk")
+        )
+        routes = sorted(
+            f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
+            for family in (socket.AF_INET, socket.AF_INET6)
+            for r in ipr.get_routes(family=family, table=254)
+            if r.get_attr("RTA_DST") and ipaddress.ip_address(r.get_attr("RTA_DST")) in wanted
+        )
+    return {"links": links, "routes": routes}
+
+
+def _pod_links() -> list[str]:
+    with IPRoute() as ipr:
+        return sorted(str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links())
+
+
+def test_cni_del_leaves_no_addresses_links_or_routes(lab: Lab) -> None:
+    by_node: dict[str, list[str]] = {}
+    for pod in lab.pods.values():
+        by_node.setdefault(pod.node.name, []).extend(pod.addresses)
+    with lab.cp.here():
+        for pod in list(lab.pods.values()):
+            before = pod.node.call(_leftovers, list(pod.addresses))
+            assert before["links"] and before["routes"], f"{pod.name} was not attached: {before}"
+            pod.delete()
+            pod.node.cni("DEL", container_id=pod.container_id, pod=pod)  # idempotent: again is fine
+            assert pod.worker is not None
+            assert pod.worker.call(_pod_links) == ["lo"], f"{pod.name}'s sandbox keeps links"
+    for name, addresses in by_node.items():
+        node = lab.nodes[name]
+        assert node.call(_leftovers, addresses) == {"links": [], "routes": []}, name
+        network = node.ipam / str(node.plugin_conf["name"])
+        held = sorted(
+            p.name
+            for p in network.iterdir()
+            if p.is_file() and p.name != "lock" and not p.name.startswith("last-")
+        )
+        assert held == [], f"{name}: IPAM still holds {held}"
