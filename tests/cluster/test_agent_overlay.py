@@ -24,6 +24,7 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from tests.cluster.apiserver import ControlPlane, control_plane
+from tests.cluster.lab.kube import MERGE
 from tests.cluster.overlaylab import (
     HUB_ADDRESS,
     Node,
@@ -64,14 +65,22 @@ class Lab:
     pods: dict[str, Pod] = field(default_factory=dict)
 
     def add_node(self, name: str, index: int) -> Node:
+        return self.start(self.join(name, index))
+
+    def join(self, name: str, index: int) -> Node:
+        """The node's namespace on the underlay, and its Node object (as a kubelet registers it)."""
         node = Node(name=name, index=index, hub=self.hub, root=self.root, kube=self.cp.kube)
         self.nodes[name] = node
         node.create()
         with self.cp.here():
             node.register()
+        return node
+
+    def start(self, node: Node) -> Node:
+        """The DaemonSet's pod on it: the CNI installer, then the agent."""
         node.install_cni()
         node.start_agent(self.cp.kubeconfig)
-        wait_until(f"{name} ready", node.agent_ready, timeout=90, nodes=(node,))
+        wait_until(f"{node.name} ready", node.agent_ready, timeout=90, nodes=(node,))
         return node
 
     def add_pod(self, namespace: str, name: str, node: str, *, status: bool = True) -> Pod:
@@ -240,7 +249,15 @@ def test_a_pod_sending_as_its_first_act_is_already_subject_to_policy(lab: Lab) -
 
 def test_a_third_node_joins_without_restarting_the_agents(lab: Lab) -> None:
     pids = {name: node.agent.proc.pid for name, node in lab.nodes.items() if node.agent is not None}
-    lab.add_node("node3", 3)
+    node3 = lab.join("node3", 3)
+    took = wait_until(
+        "node3's route, neighbours and FDB entry on node1 and node2",
+        lambda: all(all(holds(lab.nodes[n], 3).values()) for n in ("node1", "node2")),
+        timeout=BOUND,
+        nodes=lab.agents(),
+    )
+    print(f"Node object -> in the others' overlay: {took * 1000:.0f} ms")
+    lab.start(node3)
     lab.add_pod(OPEN, "b3", "node3").serve()
     b1, b2, b3 = lab.pods["b1"], lab.pods["b2"], lab.pods["b3"]
     took = wait_until(
@@ -253,6 +270,40 @@ def test_a_third_node_joins_without_restarting_the_agents(lab: Lab) -> None:
     assert not lab.pods["a1"].reach(b3, 4, timeout=FIRST_SYN)  # alpha's egress, on node1
     assert not b3.reach(lab.pods["a2"], 6, timeout=FIRST_SYN)  # alpha's ingress, on node2
     assert {name: lab.nodes[name].agent.proc.pid for name in pids} == pids  # type: ignore[union-attr]
+
+
+def _add_underlay_address(address: str) -> None:
+    with IPRoute() as ipr:
+        ipr.addr("add", index=ipr.link_lookup(ifname="ul0")[0], address=address, prefixlen=24)
+
+
+def _report_internal_ip(lab: Lab, name: str, address: str) -> None:
+    """Node ``name`` reports ``address`` as its InternalIP; the others follow."""
+    with lab.cp.here():
+        status = {"status": {"addresses": [{"type": "InternalIP", "address": address}]}}
+        lab.cp.kube.patch(f"/api/v1/nodes/{name}/status", status, kind=MERGE)
+
+
+def test_a_node_changing_its_internal_ip_stays_reachable(lab: Lab) -> None:
+    """node2 moves to another underlay address: node1's FDB entry follows (and node2's device is
+    re-created with its new local address); pods across the two talk again within the bound."""
+    node1, node2 = lab.nodes["node1"], lab.nodes["node2"]
+    a1, a2 = lab.pods["a1"], lab.pods["a2"]
+    moved = underlay_address(12)
+    node2.call(_add_underlay_address, moved)
+    for address in (moved, underlay_address(2)):  # there and back (the later tests expect .2)
+        _report_internal_ip(lab, "node2", address)
+        took = wait_until(
+            f"node1's FDB entry for node2 at {address}, and a1 <-> a2 on both families",
+            lambda address=address: (
+                address in node1.call(_overlay_entries)["fdb"]
+                and all(a1.reach(a2, f) and a2.reach(a1, f) for f in FAMILIES)
+            ),
+            timeout=BOUND,
+            nodes=lab.agents(),
+        )
+        print(f"InternalIP -> {address}: reachable again after {took * 1000:.0f} ms")
+        assert node1.call(_overlay_entries)["fdb"] & {moved, underlay_address(2)} == {address}
 
 
 def test_deleting_a_node_removes_its_overlay_entries_from_the_others(lab: Lab) -> None:
