@@ -283,6 +283,32 @@ def test_a_third_node_joins_without_restarting_the_agents(lab: Lab) -> None:
     assert {name: lab.nodes[name].agent.proc.pid for name in pids} == pids  # type: ignore[union-attr]
 
 
+def _remove_by_hand(index: int) -> None:
+    """What an operator's slip does: node ``index``'s v4 route and FDB entry deleted (inside a node)."""
+    v4, _ = pod_cidrs(index)
+    remote = underlay_address(index)
+    with IPRoute() as ipr:
+        device = ipr.link_lookup(ifname="stockade.vx")[0]
+        ipr.route("del", dst=v4, oif=device)
+        for entry in ipr.fdb("dump", ifindex=device):
+            if entry["ifindex"] == device and entry.get_attr("NDA_DST") == remote:
+                ipr.fdb("del", ifindex=device, lladdr=entry.get_attr("NDA_LLADDR"), dst=remote)
+
+
+def test_overlay_drift_is_repaired_within_the_check_interval(lab: Lab) -> None:
+    node1 = lab.nodes["node1"]
+    node1.call(_remove_by_hand, 2)
+    assert holds(node1, 2) == {"routes": False, "neigh": True, "fdb": False}
+    took = wait_until(
+        "node1's route and FDB entry for node2 back",
+        lambda: all(holds(node1, 2).values()),
+        timeout=BOUND,
+        nodes=lab.agents(),
+    )
+    print(f"overlay drift repaired after {took * 1000:.0f} ms (check interval 1 s)")
+    assert lab.pods["a1"].reach(lab.pods["a2"], 4)
+
+
 def _add_underlay_address(address: str) -> None:
     with IPRoute() as ipr:
         ipr.addr("add", index=ipr.link_lookup(ifname="ul0")[0], address=address, prefixlen=24)
