@@ -2,9 +2,9 @@
 
 Hooks and priorities, relative to kube-proxy (iptables and nftables modes) and conntrack:
 
-- ``prerouting``, priority ``raw`` (-300): anti-spoofing. It only reads the source address and
-  the arrival device, so its place relative to DNAT does not matter; running before conntrack
-  (-200) keeps spoofed packets from ever creating a conntrack entry.
+- ``prerouting``, priority ``raw`` (-300): anti-spoofing of packets from pod interfaces. It only
+  reads the source address and the arrival device, so its place relative to DNAT does not matter;
+  running before conntrack (-200) keeps spoofed packets from ever creating a conntrack entry.
 - ``forward`` and ``input``, priority ``filter`` (0): policy. kube-proxy rewrites service
   addresses with DNAT in prerouting / output at priority ``dstnat`` (-100) in both modes (and its
   nftables mode filters service traffic at -110), so by priority 0 a packet to a ClusterIP or
@@ -18,6 +18,26 @@ Hooks and priorities, relative to kube-proxy (iptables and nftables modes) and c
 
 Every base chain has policy ``accept``: the table polices pod traffic only, and anything that no
 rule claims (the node's own traffic, routing between other interfaces) is not ours to judge.
+
+The host-wide checks (anti-spoofing, ``ct state invalid drop``) are scoped by interface name to pod
+interfaces (``iifname "stk*"``, ``oifname "stk*"``; the prefix is a compile option), never the node's
+uplinks: a node with several NICs, ECMP or policy routing legitimately receives packets on a device
+its route back does not use, and forwards flows whose other direction it never sees (conntrack
+calls those invalid). Neither is pod traffic, so neither is ours to drop.
+
+Why anti-spoofing is a ``fib`` lookup, on every packet from a pod interface:
+
+- Exact: the CNI routes each pod's /32 and /128 to that pod's own veth, so "the source routes back
+  via the arrival device" holds exactly for the pod's own addresses. Cheaper lookups are not exact
+  or not available offline: ``ip saddr @local-pods`` would still let a pod borrow another local
+  pod's address, and a set of (interface . address) needs the veth names, which stockade-cni
+  derives from the container id that no API object carries, so a plan compiled from manifests
+  could not list them.
+- Every packet, not only new connections: conntrack finds a packet's entry by addresses and ports,
+  not by device, so a check skipped for ``established`` packets would let a pod inject packets
+  into another pod's flows (a forged DNS answer is one ``established`` UDP packet).
+- Scoped by a name compare (a few bytes against the device's name), so uplink, VXLAN and the node's
+  own traffic never pay for the lookup.
 """
 
 from __future__ import annotations
@@ -34,12 +54,15 @@ from compiler.ir import (
     CtStateIn,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
+    IfnamePrefix,
     IifLoopback,
     Rule,
     SaddrDaddrInSet,
     VmapLookup,
+    description,
 )
 from compiler.model import Direction, Family
+from compiler.options import DEFAULT_OPTIONS, CompileOptions
 
 PRIORITY_RAW = -300
 PRIORITY_FILTER = 0
@@ -104,29 +127,58 @@ def _hairpin() -> list[Rule]:
     ]
 
 
+# No counter: this rule sees nearly every packet the node forwards, and a count of them says
+# nothing about any policy (conntrack -S counts flows); it would be the one per-packet cost of
+# established traffic beyond conntrack itself.
 _ESTABLISHED = Rule(
-    (CtStateIn(("established", "related")),), ACCEPT, "replies and related traffic are never policy-checked"
+    (CtStateIn(("established", "related")),),
+    ACCEPT,
+    "replies and related traffic are never policy-checked",
+    counter=False,
 )
 
 
-def base_chains(cidr_families: tuple[Family, ...]) -> tuple[Chain, ...]:
+def _invalid_from_or_to_pods(prefix: str) -> list[Rule]:
+    """``ct state invalid drop`` for packets from or to a pod interface: conntrack cannot place them,
+    so they are never a new connection a policy could allow (out-of-window TCP, for one)."""
+    invalid = CtStateIn(("invalid",))
+    return [
+        Rule((invalid, IfnamePrefix("iifname", prefix)), DROP, "from a pod, conntrack cannot place it"),
+        Rule((invalid, IfnamePrefix("oifname", prefix)), DROP, "to a pod, conntrack cannot place it"),
+    ]
+
+
+def base_chains(
+    cidr_families: tuple[Family, ...], *, options: CompileOptions = DEFAULT_OPTIONS
+) -> tuple[Chain, ...]:
     """prerouting, input, forward; fail-closed rules only for families with known podCIDRs."""
+    prefix = options.pod_interface_prefix
+    prerouting_note = (
+        f"anti-spoofing of pod interfaces ({naming.interface_wildcard(prefix)}), before conntrack"
+    )
     prerouting = Chain(
         naming.CHAIN_PREROUTING,
         (
-            Rule((IifLoopback(),), ACCEPT, "loopback is exempt from the reverse-path check"),
-            # Strict reverse path: the source must route back out of the device the packet came
-            # in on. A pod's veth is the route to that pod's /32 and /128 only, so a pod cannot
-            # borrow another pod's (local or remote) address, nor an external one an ipBlock
-            # allows. Kernels skip the check for ICMPv6 DAD / MLD from the unspecified address.
-            Rule((FibSaddrIifMissing(),), DROP, "anti-spoofing: source does not route back via iif"),
+            description(prerouting_note),
+            # Strict reverse path for pod interfaces: the source must route back out of the device
+            # the packet came in on. A pod's veth is the route to that pod's /32 and /128 only, so
+            # a pod cannot borrow another pod's (local or remote) address, nor an external one an
+            # ipBlock allows. Kernels skip the check for ICMPv6 DAD / MLD from the unspecified
+            # address, and link-local sources route back via every link.
+            Rule(
+                (IfnamePrefix("iifname", prefix), FibSaddrIifMissing()),
+                DROP,
+                "anti-spoofing: a pod's source does not route back via its interface",
+            ),
         ),
         BaseHook("prerouting", PRIORITY_RAW, "raw"),
-        note="anti-spoofing (strict reverse path), before conntrack",
+        note=prerouting_note,
     )
+    input_note = "egress of local pods to the node's own addresses"
     input_chain = Chain(
         naming.CHAIN_INPUT,
         (
+            description(input_note),
             # The node talking to itself (also from an address it took from its podCIDR).
             Rule((IifLoopback(),), ACCEPT, "the node's own traffic to itself"),
             _ESTABLISHED,
@@ -136,35 +188,34 @@ def base_chains(cidr_families: tuple[Family, ...]) -> tuple[Chain, ...]:
             *_dispatch("saddr"),
         ),
         BaseHook("input", PRIORITY_FILTER, "filter"),
-        note="egress of local pods to the node's own addresses",
+        note=input_note,
     )
+    forward_note = "all pod traffic: the source's egress stage, then the destination's ingress stage"
     forward = Chain(
         naming.CHAIN_FORWARD,
         (
+            description(forward_note),
             _ESTABLISHED,
-            Rule((CtStateIn(("invalid",)),), DROP, "conntrack cannot place it: never a new connection"),
+            *_invalid_from_or_to_pods(prefix),
             *_fail_closed(naming.CHAIN_FORWARD, cidr_families),
             *_hairpin(),
             *_dispatch("saddr"),
             *_dispatch("daddr"),
         ),
         BaseHook("forward", PRIORITY_FILTER, "filter"),
-        note="all pod traffic: the source's egress stage, then the destination's ingress stage",
+        note=forward_note,
     )
     return prerouting, input_chain, forward
 
 
 def tier_chains() -> tuple[Chain, ...]:
     """The shared, empty chains at the admin and baseline tier positions of every per-pod chain."""
-    return tuple(
-        Chain(
-            naming.tier_chain(tier, direction),
-            (),
-            note=f"{tier} tier ({direction}): reserved for ClusterNetworkPolicy; empty",
-        )
-        for tier in ("admin", "baseline")
-        for direction in ("ingress", "egress")
-    )
+    chains = []
+    for tier in ("admin", "baseline"):
+        for direction in ("ingress", "egress"):
+            note = f"{tier} tier ({direction}): reserved for ClusterNetworkPolicy; empty"
+            chains.append(Chain(naming.tier_chain(tier, direction), (description(note),), note=note))
+    return tuple(chains)
 
 
 __all__ = ["FAMILIES", "ND_TYPES", "base_chains", "tier_chains"]

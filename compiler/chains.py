@@ -2,6 +2,7 @@
 
 Layout of every per-pod chain (one per direction in which the pod is isolated)::
 
+    continue comment "..."       what the chain is for, then what each set it uses holds
     jump admin-<direction>       admin tier: reserved for ClusterNetworkPolicy (empty for now)
     <policy rules>               one rule per (policy rule x peer x port group x family)
     jump baseline-<direction>    baseline tier: reserved for ClusterNetworkPolicy (empty for now)
@@ -38,6 +39,7 @@ from compiler.ir import (
     Match,
     PortRange,
     Rule,
+    description,
     jump,
 )
 from compiler.model import PROTOCOLS, Direction, IPBlock, NetworkPolicy, NetworkPolicyPort, Protocol
@@ -235,10 +237,15 @@ def pod_chain(
     rules.append(tier_rule("baseline", direction))
     isolating = ", ".join(key for key, _ in policy_templates)
     rules.append(Rule((), DROP, naming.comment(f"{direction} isolation: {isolating}")))
-    content = tuple(rules)
+    note = naming.note(f"{direction} of pods isolated by {isolating}")
+    # What the chain and each set it uses are for, at its top: the kernel keeps no comment on a
+    # chain or set loaded through libnftables JSON (nftables 1.0.6), only on rules. Only a new
+    # connection's first packet walks a per-pod chain, so these cost nothing to established traffic.
+    about = [description(note)]
+    about += [description(f"set {name}: {specs[name].note}") for name in sorted(specs)]
+    content = (*about, *rules)
     # Hash the rules' libnftables JSON (sorted keys): a canonical text of what the kernel runs,
     # stable across Python versions and dataclass field changes, unlike repr().
     canonical = json.dumps([rule_json("", r) for r in content], sort_keys=True, separators=(",", ":"))
     name = naming.pod_chain(direction, canonical)
-    note = naming.note(f"{direction} of pods isolated by {isolating}")
     return Chain(name, content, note=note), tuple(specs[n] for n in sorted(specs))

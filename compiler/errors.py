@@ -58,6 +58,10 @@ def _natural(problem: Problem) -> tuple[tuple[tuple[int, str], ...], ...]:
     return (split(problem.file), split(problem.obj), split(problem.field), split(problem.message))
 
 
+class OptionError(StockadeError):
+    """A compile option cannot be used (for example a pod interface prefix nft cannot match)."""
+
+
 class InternalError(StockadeError):
     """A bug in Stockade, never the user's fault; carries its cause via ``raise ... from``."""
 

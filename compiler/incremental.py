@@ -25,6 +25,7 @@ from compiler.cluster import ClusterModel, with_cni_addresses
 from compiler.ir import DIRECTIONS, Chain, MapEntry, NodePlan, PlanSet, VerdictMap
 from compiler.model import Direction, Family, Pod
 from compiler.nodestate import NodeState, StateChange
+from compiler.options import DEFAULT_OPTIONS, CompileOptions
 from compiler.podindex import addr_key, family_of
 from compiler.render_json import (
     chain_json,
@@ -82,10 +83,10 @@ class NodeCompiler:
     plugin show them and turns each change of the state into a :class:`PlanDelta`.
     """
 
-    def __init__(self, model: ClusterModel, *, node: str) -> None:
+    def __init__(self, model: ClusterModel, *, node: str, options: CompileOptions = DEFAULT_OPTIONS) -> None:
         self._api: dict[str, Pod] = {p.uid: p for p in model.api_pods}
         self._cni: dict[str, tuple[str, ...]] = dict(model.cni_addresses)
-        self._state = NodeState(model, node=node)
+        self._state = NodeState(model, node=node, options=options)
 
     @property
     def plan(self) -> NodePlan:

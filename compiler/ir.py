@@ -13,6 +13,7 @@ from typing import Literal
 
 from compiler.model import Direction, Family, Protocol
 from compiler.naming import FAMILY, TABLE
+from compiler.naming import comment as sanitized_comment
 
 FAMILIES: tuple[Family, ...] = (4, 6)
 DIRECTIONS: tuple[Direction, ...] = ("ingress", "egress")
@@ -81,6 +82,15 @@ class IifLoopback:
 
 
 @dataclass(frozen=True)
+class IfnamePrefix:
+    """``iifname "stk*"`` / ``oifname "stk*"``: the arrival (or leaving) device's name starts with
+    ``prefix``. A byte compare against the name the kernel keeps with the device: no lookup."""
+
+    key: Literal["iifname", "oifname"]
+    prefix: str
+
+
+@dataclass(frozen=True)
 class FibSaddrIifMissing:
     """``fib saddr . iif oif missing``: the source address does not route back via the arrival device."""
 
@@ -98,6 +108,7 @@ Match = (
     | SaddrDaddrInSet
     | CtStateIn
     | IifLoopback
+    | IfnamePrefix
     | FibSaddrIifMissing
     | Icmpv6TypeIn
 )
@@ -141,6 +152,20 @@ class Rule:
     counter: bool = True
 
 
+def description(text: str) -> Rule:
+    """A rule that matches everything and does nothing but carry ``text`` as its comment: what its
+    chain, or a set the chain uses, is for. libnftables JSON (nftables 1.0.6) silently drops the
+    comments of chains, sets and maps, while rule comments reach the kernel, so ``nft list table``
+    shows these where a chain comment would be. A ``continue`` without a counter: one immediate
+    verdict per packet that passes, no state. (A rule without any expression would be cheaper
+    still, but nft's text grammar cannot write one and ``nft -j list`` complains about it.)"""
+    return Rule((), CONTINUE, sanitized_comment(text), counter=False)
+
+
+def is_description(rule: Rule) -> bool:
+    return not rule.matches and rule.action == CONTINUE and not rule.counter
+
+
 @dataclass(frozen=True)
 class BaseHook:
     hook: Hook
@@ -155,8 +180,8 @@ class Chain:
     name: str
     rules: tuple[Rule, ...]
     hook: BaseHook | None = None
-    # A line for people (the text rendering's `#` comment); sanitized. Not sent to the kernel:
-    # libnftables JSON of this nft version has no chain comments, and both renderings must match.
+    # What the chain is for, sanitized. The chain's first rule carries it into the kernel
+    # (:func:`description`): libnftables JSON of nftables 1.0.6 drops chain comments.
     note: str = ""
 
 

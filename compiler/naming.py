@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 from typing import Literal
 
+from compiler.ifnames import IFNAME_MAX as IFNAME_MAX  # noqa: PLC0414 - re-export
+
 # Interface names are defined in compiler.ifnames (import-free, for the CNI plugin) and re-exported.
 from compiler.ifnames import POD_INTERFACE_PREFIX as POD_INTERFACE_PREFIX  # noqa: PLC0414 - re-export
 from compiler.ifnames import VXLAN_INTERFACE as VXLAN_INTERFACE  # noqa: PLC0414 - re-export
@@ -38,10 +40,23 @@ _ELLIPSIS = "..."
 
 Tier = Literal["admin", "baseline"]
 
+# Host-side interfaces of pods start with this prefix: stockade-cni names each pod's host-side veth
+# "stk" + a short hash of the container id and interface (within IFNAMSIZ), and the ruleset scopes
+# its host-wide checks (anti-spoofing, `ct state invalid drop`) to interfaces matching "stk*", so
+# the node's uplinks, VXLAN device and anything else it routes are never judged by them. A compile
+# option (:class:`compiler.options.CompileOptions`) can change it for nodes whose pod interfaces
+# are named otherwise; this is the default, and the CNI plugin's name (defined in compiler.ifnames,
+# re-exported above).
+
 # Base chains, named after their hooks.
 CHAIN_PREROUTING = "prerouting"
 CHAIN_INPUT = "input"
 CHAIN_FORWARD = "forward"
+
+
+def interface_wildcard(prefix: str) -> str:
+    """nft's pattern for every interface named ``prefix`` + anything: ``stk*``."""
+    return f"{prefix}*"
 
 
 def ip_keyword(family: Family) -> str:

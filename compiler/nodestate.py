@@ -25,6 +25,7 @@ from compiler.cluster import ClusterModel
 from compiler.dispatch import Dispatch, Dispatched, LocalEntry
 from compiler.ir import DIRECTIONS, FAMILIES, NodePlan
 from compiler.model import Direction, Family, Pod
+from compiler.options import DEFAULT_OPTIONS, CompileOptions
 from compiler.peersets import Element, Selection, merge_spans
 from compiler.podchains import ChainBuild, PodChains
 from compiler.podindex import PodIndex, pod_addresses
@@ -46,7 +47,7 @@ class StateChange:
 class NodeState:
     """Sets, maps and chains of one node, derived from the pods, policies and namespaces."""
 
-    def __init__(self, model: ClusterModel, *, node: str) -> None:
+    def __init__(self, model: ClusterModel, *, node: str, options: CompileOptions = DEFAULT_OPTIONS) -> None:
         self.node = node
         notes, self._cidrs = _node_cidrs(model, node)
         self.notes = (*(str(d) for d in model.policy_defects), *notes)  # rules that match nothing
@@ -54,7 +55,7 @@ class NodeState:
         self.store = ChainStore(Selection(self.index, model.namespace_labels))
         self.dispatch = Dispatch()
         self._chains = PodChains(model.policies)
-        self._base = base_chains(tuple(f for f in FAMILIES if self._cidrs[f]))
+        self._base = base_chains(tuple(f for f in FAMILIES if self._cidrs[f]), options=options)
         self._tiers = tier_chains()
         self._snapshot: NodePlan | None = None
         self._refresh(k for k, p in self.index.pods.items() if self._is_local(p))

@@ -169,6 +169,10 @@ class PodSetSpec:
     family: Family
     peer: SelectorPeer
 
+    @property
+    def note(self) -> str:
+        return self.peer.note
+
 
 @dataclass(frozen=True, eq=False)
 class CidrSetSpec:
@@ -177,6 +181,10 @@ class CidrSetSpec:
     name: str
     family: Family
     peer: BlockPeer
+
+    @property
+    def note(self) -> str:
+        return self.peer.note
 
 
 @dataclass(frozen=True, eq=False)
@@ -191,6 +199,11 @@ class NamedPortSetSpec:
     @property
     def key(self) -> str:
         return named_port_key(self.peer, self.ports)
+
+    @property
+    def note(self) -> str:
+        ports = ", ".join(f"{proto}/{name}" for proto, name in self.ports)
+        return naming.note(f"named ports {ports} of {self.peer.note}")
 
 
 def named_port_key(peer: Peer, ports: Sequence[tuple[Protocol, str]]) -> str:

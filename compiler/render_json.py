@@ -24,6 +24,7 @@ from compiler.ir import (
     DportIn,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
+    IfnamePrefix,
     IifLoopback,
     Interval,
     IntervalSet,
@@ -40,7 +41,7 @@ from compiler.ir import (
     VerdictMap,
     VmapLookup,
 )
-from compiler.naming import FAMILY, TABLE, addr_type, ip_keyword
+from compiler.naming import FAMILY, TABLE, addr_type, interface_wildcard, ip_keyword
 
 Json = dict[str, Any]
 JSON_SCHEMA_VERSION = 1
@@ -86,6 +87,8 @@ def match_json(m: Match) -> Json:
         return _eq({"ct": {"key": "state"}}, states, op="in")
     if isinstance(m, IifLoopback):
         return _eq({"meta": {"key": "iiftype"}}, "loopback")
+    if isinstance(m, IfnamePrefix):
+        return _eq({"meta": {"key": m.key}}, interface_wildcard(m.prefix))
     if isinstance(m, FibSaddrIifMissing):
         return _eq({"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, False)
     if isinstance(m, Icmpv6TypeIn):

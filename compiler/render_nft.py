@@ -24,6 +24,7 @@ from compiler.ir import (
     DportIn,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
+    IfnamePrefix,
     IifLoopback,
     Interval,
     IntervalSet,
@@ -39,7 +40,7 @@ from compiler.ir import (
     VerdictMap,
     VmapLookup,
 )
-from compiler.naming import FAMILY, TABLE, addr_type, ip_keyword
+from compiler.naming import FAMILY, TABLE, addr_type, interface_wildcard, ip_keyword
 
 _PER_LINE = 8
 
@@ -68,6 +69,8 @@ def match_text(m: Match) -> str:
         return f"ct state {','.join(m.states)}"
     if isinstance(m, IifLoopback):
         return "meta iiftype loopback"
+    if isinstance(m, IfnamePrefix):
+        return f'{m.key} "{interface_wildcard(m.prefix)}"'
     if isinstance(m, FibSaddrIifMissing):
         return "fib saddr . iif oif missing"
     if isinstance(m, Icmpv6TypeIn):
@@ -141,7 +144,8 @@ def map_text(m: VerdictMap) -> list[str]:
 
 
 def chain_text(chain: Chain) -> list[str]:
-    lines = [*_note(chain.note, "\t"), f"\tchain {chain.name} {{"]
+    # No `#` line: the chain's first rule carries its description (see ir.description).
+    lines = [f"\tchain {chain.name} {{"]
     if chain.hook is not None:
         h = chain.hook
         lines.append(f"\t\ttype filter hook {h.hook} priority {h.priority_name}; policy {h.policy};")

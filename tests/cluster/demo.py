@@ -1,5 +1,6 @@
-"""The demo (`make demo`): a two-node lab, the shop from examples/demo/, its connectivity measured
-with real packets before and after its NetworkPolicies, and `stockade explain` on two pairs.
+"""The demo (`make demo`): a two-node lab (real kubelet and containerd per node), the shop from
+examples/demo/ running as containers, its connectivity measured with real packets from inside the
+pods before and after its NetworkPolicies, and `stockade explain` on two pairs.
 
     python -m tests.cluster.demo [--keep] [--attach NAME]
 
@@ -33,6 +34,9 @@ STOCKADE = Path(sys.executable).parent / "stockade"
 # Pods per app label, in the order the matrix shows them.
 APPS = (("frontend", "web", 2), ("backend", "api", 2), ("data", "db", 1), ("visitors", "visitor", 1))
 Pair = tuple[str, str]
+# Time the rulesets are in place before readiness is checked: kubelet marks a pod unready after 3
+# failed probes, one per second here.
+PROBE_WINDOW = 5.0
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,11 @@ def expected(dump: str, pods: list[DemoPod], family: Family) -> dict[Pair, bool]
     }
 
 
+def _ready(lab: Lab, pod: DemoPod) -> bool:
+    got = lab.kube.get(f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}")
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in got["status"].get("conditions", []))
+
+
 def legend(pods: list[DemoPod]) -> str:
     rows = [
         f"  {p.alias:<9} {p.namespace + '/' + p.name:<36} {p.node:<7} "
@@ -134,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         lab = Lab.load(args.attach)
     else:
         heading(
-            "1. start a two-node lab (real etcd, kube-apiserver, controller manager, scheduler, kube-proxy)"
+            "1. start a two-node lab (etcd, kube-apiserver, controller manager, scheduler; "
+            "kubelet, containerd, kube-proxy per node)"
         )
         lab = Lab.create(name="demo", nodes=2)
         try:
@@ -214,6 +224,7 @@ def _demo(lab: Lab, started: float) -> int:
         run(in_netns(node.netns, ["nft", "-f", str(ruleset)]))
         rules = run(in_netns(node.netns, ["nft", "list", "table", "inet", "stockade"]), show=False)
         say(f"  {node.name}: table inet stockade loaded, {rules.count(' counter ')} rules with counters")
+    loaded_at = time.monotonic()
 
     heading("5. measured connectivity with the policies, against Stockade's reference semantics")
     failed = False
@@ -227,6 +238,16 @@ def _demo(lab: Lab, started: float) -> int:
             failed = True
             say(render_comparison(want, after, names=names, title=f"IPv{family}"))
         say()
+
+    # kubelet probes every serving pod each second from its node; the rulesets must let them
+    # through (node-to-pod traffic is allowed), or pods under default-deny would turn unready.
+    time.sleep(max(0.0, PROBE_WINDOW - (time.monotonic() - loaded_at)))
+    unready = [p.alias for p in pods if p.port is not None and not _ready(lab, p)]
+    if unready:
+        failed = True
+        say(f"kubelet readiness probes failed under the policies: {', '.join(unready)} not Ready")
+    else:
+        say("kubelet readiness probes from the nodes pass under the policies: every serving pod is Ready")
 
     heading("6. stockade explain: why one pair is blocked and another allowed")
     by_alias = {p.alias: p for p in pods}

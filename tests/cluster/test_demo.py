@@ -1,6 +1,7 @@
 """`make demo` on the session's lab: the policies of examples/demo/, compiled per node and loaded
 into the nodes, give exactly the connectivity Stockade's reference semantics predicts (IPv4 and
-IPv6, measured with real packets), and examples/demo/README.md shows what the demo prints."""
+IPv6, measured with real packets from inside the pods), kubelet's readiness probes still pass,
+and examples/demo/README.md shows what the demo prints."""
 
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ def test_demo_matches_the_reference_semantics(lab: Lab, capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "IPv4: measured = expected" in out and "IPv6: measured = expected" in out, out
+    # kubelet's readiness probes (node to pod) pass Stockade's rules, default-deny included.
+    assert "every serving pod is Ready" in out, out
     assert re.search(r"^BLOCKED  visitors/visitor-\S+ -> backend/api-\S+  TCP/9090", out, re.M), out
     assert re.search(r"^ALLOWED  frontend/web-\S+ -> backend/api-\S+  TCP/9090", out, re.M), out
     # The README's matrix is the demo's real output.

@@ -1,19 +1,17 @@
-"""The lab's pure parts, without a lab: addressing, collision checks, CNI config handling, the
-stand-in's work queue. Fast; these run wherever the cluster tier runs."""
+"""The lab's pure parts, without a lab: addressing, collision checks, what kube-proxy programmed,
+which images the nodes get, the e2e summary. Fast; these run wherever the cluster tier runs."""
 
 from __future__ import annotations
 
-import json
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.cluster.lab import cni
-from tests.cluster.lab.config import LabConfig, collisions
-from tests.cluster.lab.workqueue import WorkQueue
+from tests.cluster.e2e import summary
+from tests.cluster.lab import LabError
+from tests.cluster.lab.config import LAB_IMAGES, LabConfig, collisions
+from tests.cluster.lab.nodes import NodeTools
+from tests.cluster.lab.proxy import programmed
 
 
 @pytest.mark.parametrize(
@@ -67,106 +65,85 @@ def test_collisions_name_the_overlapping_ranges(host: list[str], clashes: list[s
     assert [f.split(" 10.")[0].split(" fd5c")[0] for f in found] == clashes
 
 
-def test_cni_config_dir_first_file_wins_and_single_conf_becomes_a_list(tmp_path: Path) -> None:
-    assert cni.load_network(tmp_path) is None
-    (tmp_path / "README").write_text("not a config")
-    assert cni.load_network(tmp_path) is None
-    (tmp_path / "20-other.conflist").write_text(
-        json.dumps({"cniVersion": "1.0.0", "name": "b", "plugins": []})
-    )
-    (tmp_path / "10-single.conf").write_text(
-        json.dumps({"cniVersion": "0.4.0", "name": "a", "type": "ptp", "ipam": {"type": "host-local"}})
-    )
-    net = cni.load_network(tmp_path)
-    assert net is not None
-    assert (net.file.name, net.name, net.version) == ("10-single.conf", "a", "0.4.0")
-    assert net.plugins == [{"type": "ptp", "ipam": {"type": "host-local"}}]
+# What `nft list table ip kube-proxy` prints for its two Service maps (kube-proxy v1.37, trimmed;
+# nft indents with tabs, spaces here).
+NFT = """table ip kube-proxy {
+    map no-endpoint-services {
+        type ipv4_addr . inet_proto . inet_service : verdict
+        comment "vmap to drop or reject packets to services with no endpoints"
+        elements = { 10.96.7.7 . tcp . 80 comment "ns/empty:tcp" : goto reject-chain }
+    }
 
-
-def test_lab_conflist_is_dual_stack_host_local_in_the_lab_dir(tmp_path: Path) -> None:
-    conf = cni.lab_conflist(pod_cidrs=["10.244.1.0/24", "fd5c:ade2:0:1::/64"], ipam_dir=tmp_path)
-    ipam = conf["plugins"][0]["ipam"]
-    assert ipam["ranges"] == [[{"subnet": "10.244.1.0/24"}], [{"subnet": "fd5c:ade2:0:1::/64"}]]
-    assert ipam["routes"] == [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]
-    assert ipam["dataDir"] == str(tmp_path)
+    map service-ips {
+        type ipv4_addr . inet_proto . inet_service : verdict
+        comment "ClusterIP, ExternalIP and LoadBalancer IP traffic"
+        elements = { 10.96.0.1 . tcp . 443 : goto service-2QRHZV4L-default/kubernetes/tcp/https,
+                 110.96.3.3 . tcp . 80 : goto service-AAAA-x/y/tcp/tcp }
+    }
+}
+"""
+IPT = "-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m comment --comment x -m tcp --dport 443 -j KUBE-SVC-NPX\n"
 
 
 @pytest.mark.parametrize(
-    ("ips", "want"),
+    ("dump", "ip", "mode", "want"),
     [
-        pytest.param(["fd5c::2/64", "10.244.0.2/24"], ["10.244.0.2", "fd5c::2"], id="v6-first-reordered"),
-        pytest.param(["10.244.0.2/24"], ["10.244.0.2"], id="v4-only"),
-        pytest.param([], [], id="none"),
+        pytest.param(NFT, "10.96.0.1", "nftables", True, id="nft-with-endpoints"),
+        pytest.param(NFT, "10.96.7.7", "nftables", False, id="nft-no-endpoints"),
+        pytest.param(NFT, "10.96.9.9", "nftables", False, id="nft-unknown"),
+        pytest.param(NFT, "10.96.3.3", "nftables", False, id="nft-only-a-longer-address-ends-so"),
+        pytest.param("", "10.96.0.1", "nftables", False, id="nft-no-table"),
+        pytest.param(IPT, "10.96.0.1", "iptables", True, id="iptables-svc-chain"),
+        pytest.param(IPT, "10.96.0.2", "iptables", False, id="iptables-unknown"),
     ],
 )
-def test_result_ips_lists_ipv4_first_without_prefix(ips: list[str], want: list[str]) -> None:
-    assert cni.result_ips({"ips": [{"address": a} for a in ips]}) == want
+def test_programmed_reads_kube_proxy_rules(dump: str, ip: str, mode: str, want: bool) -> None:
+    assert programmed(dump, ip, mode=mode) is want
 
 
-def test_cni_add_reports_a_missing_plugin(tmp_path: Path) -> None:
-    net = cni.Network(
-        file=tmp_path / "x.conflist", conf={"name": "x", "plugins": [{"type": "no-such-plugin"}]}
-    )
-    inv = cni.Invocation(container_id="c", netns_path="/run/netns/none", ifname="eth0", args={})
-    with pytest.raises(cni.CNIError, match=r"no-such-plugin.*not found"):
-        cni.add(net, inv, cni_path=str(tmp_path))
-
-
-def _run_queue(
-    handler: Callable[[str], float | None], keys: list[tuple[str, float]], *, settle: float
+@pytest.mark.parametrize(
+    ("present", "wanted", "missing"),
+    [
+        pytest.param(["pause", "testpod", "cni-installer"], LAB_IMAGES, "", id="lab-images"),
+        pytest.param(["pause", "testpod"], LAB_IMAGES, "cni-installer", id="one-missing"),
+        pytest.param(list(LAB_IMAGES), (*LAB_IMAGES, "agnhost"), "agnhost", id="e2e-needs-agnhost"),
+    ],
+)
+def test_node_tools_take_exactly_the_asked_images_and_name_the_missing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, present: list[str], wanted: tuple[str, ...], missing: str
 ) -> None:
-    queue = WorkQueue(handler, workers=3)
-    queue.start()
-    for key, delay in keys:
-        queue.add(key, delay)
-    time.sleep(settle)
-    queue.stop()
+    (tmp_path / "bin").mkdir()
+    for tool in ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr"):
+        (tmp_path / "bin" / tool).write_text("")
+    (tmp_path / "images").mkdir()
+    for name in [*present, "unrelated"]:
+        (tmp_path / "images" / f"{name}.tar").write_text("")
+    monkeypatch.setenv("STOCKADE_NODE_BIN", str(tmp_path / "bin"))
+    monkeypatch.setenv("STOCKADE_IMAGES_DIR", str(tmp_path / "images"))
+    if missing:
+        with pytest.raises(LabError, match=rf"images {missing} in .*build.sh {missing} builds"):
+            NodeTools.find(tmp_path / "unused", wanted)
+    else:
+        tools = NodeTools.find(tmp_path / "unused", wanted)
+        assert [p.name for p in tools.images] == [f"{n}.tar" for n in wanted]
 
 
-def test_workqueue_never_runs_one_key_twice_at_once_and_reruns_if_added_meanwhile() -> None:
-    active: set[str] = set()
-    overlaps: list[str] = []
-    calls: list[str] = []
-    lock = threading.Lock()
-
-    def handler(key: str) -> None:
-        with lock:
-            if key in active:
-                overlaps.append(key)
-            active.add(key)
-            calls.append(key)
-            first = calls.count(key) == 1
-        if first:
-            queue.add(key)  # added while being handled: one more pass afterwards
-        time.sleep(0.05)
-        with lock:
-            active.discard(key)
-
-    queue = WorkQueue(handler, workers=3)
-    queue.start()
-    for key in ["a", "a", "b", "a"]:
-        queue.add(key)
-    time.sleep(0.5)
-    queue.stop()
-    assert not overlaps
-    assert sorted(calls) == ["a", "a", "b", "b"]
+JUNIT = """<?xml version="1.0" encoding="UTF-8"?>
+<testsuites><testsuite name="Kubernetes e2e suite">
+<testcase name="[SynchronizedBeforeSuite]" status="passed"></testcase>
+<testcase name="[It] [sig-network] Netpol API works" status="passed"></testcase>
+<testcase name="[It] [sig-network] Netpol default-deny" status="failed">
+  <failure message="wrong">x</failure></testcase>
+<testcase name="[It] [sig-network] Netpol windows" status="skipped">
+  <skipped message="skipped - not on linux"/></testcase>
+<testcase name="[It] [sig-apps] unrelated" status="skipped"><skipped message="skipped"/></testcase>
+<testcase name="[It] [sig-apps] also unrelated" status="skipped"><skipped message="skipped"/></testcase>
+<testcase name="[ReportAfterSuite] Kubernetes e2e suite report" status="passed"></testcase>
+</testsuite></testsuites>
+"""
 
 
-def test_workqueue_honours_delays_and_retries_failures() -> None:
-    seen: list[tuple[str, float]] = []
-    t0 = time.monotonic()
-    failures = {"flaky": 1}
-
-    def handler(key: str) -> float | None:
-        seen.append((key, time.monotonic() - t0))
-        if failures.get(key, 0) > 0:
-            failures[key] -= 1
-            raise RuntimeError("first attempt fails")
-        return 0.2 if key == "again" and len([k for k, _ in seen if k == "again"]) == 1 else None
-
-    _run_queue(handler, [("later", 0.3), ("flaky", 0.0), ("again", 0.0)], settle=1.2)
-    keys = [k for k, _ in seen]
-    assert keys.count("flaky") == 2, seen  # retried after its failure
-    assert keys.count("again") == 2, seen  # asked to be called again
-    later = [t for k, t in seen if k == "later"]
-    assert later and later[0] >= 0.3, seen
+def test_e2e_summary_counts_specs_and_tells_skipped_from_not_selected(tmp_path: Path) -> None:
+    junit = tmp_path / "junit.xml"
+    junit.write_text(JUNIT)
+    assert summary(junit) == (2, 1, 1, 1, 2)

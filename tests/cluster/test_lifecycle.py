@@ -1,6 +1,7 @@
-"""The lab's lifecycle from the command line: a crashed lab is cleaned up by the next `up`, a
-running one is not started over, `down` leaves nothing, and the lab never touches what it did
-not make. Uses its own one-node lab (not the session's)."""
+"""The lab's lifecycle from the command line: a crashed lab (its `up` killed with SIGKILL while a
+pod runs) is cleaned up by the next `up`, a running one is not started over, `down` leaves
+nothing, and the lab never touches what it did not make. Uses its own one-node lab (not the
+session's)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,27 @@ from pyroute2 import netns
 
 from tests.cluster.lab import Lab, LabError
 from tests.cluster.lab.config import DEFAULT_ROOT, LabConfig
+from tests.cluster.lab.nodes import TEST_POD_IMAGE
+from tests.cluster.lab.podclients import sandbox_pid
 from tests.cluster.lab.report import leftovers
-from tests.cluster.lab.state import Record, alive
+from tests.cluster.lab.state import Record, alive, proc_of
+from tests.cluster.lab.workloads import apply, wait_pods
 
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[2]
 NAME = "pytlc" + os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+POD = f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: victim, namespace: default, labels: {{app: victim}}}}
+spec:
+  containers:
+  - name: agent
+    image: {TEST_POD_IMAGE}
+    imagePullPolicy: Never
+    args: [--control, /tmp/agent.sock, --tcp, "8080"]
+"""
 
 
 def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -74,16 +89,24 @@ def test_crash_then_up_detached_status_refuse_and_down(clean: object) -> None:
         if f"lab {NAME} up in" in line or not line:
             break
     assert any(f"lab {NAME} up in" in line for line in output), "".join(output)
+    # A pod runs when `up` dies: its container, in the node's cgroup and its own namespaces,
+    # must go with the crashed lab too.
+    crashed_lab = Lab.load(NAME)
+    apply(crashed_lab, POD)
+    (pod,) = wait_pods(crashed_lab, "default", "app=victim", count=1)
+    sandbox = proc_of(sandbox_pid(crashed_lab, pod), "sandbox")
     fg.send_signal(signal.SIGKILL)
     fg.wait()
     crashed = Record.load(DEFAULT_ROOT / NAME / "state.json")
     assert any(alive(p) for p in crashed.processes), "the control plane should outlive a killed `up`"
+    assert alive(sandbox), "the pod should outlive a killed `up`"
 
     # The next `up` removes the crashed lab's leftovers and starts afresh, detached this time.
     up = cli("up", "--nodes", "1", "--detach")
     assert up.returncode == 0, up.stdout + up.stderr
     assert "cleaned up a crashed lab" in up.stderr
     assert not any(alive(p) for p in crashed.processes), "a process of the crashed lab survived"
+    assert not alive(sandbox), "the crashed lab's pod survived"
 
     status = cli("status")
     assert status.returncode == 0, status.stderr

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute, netns
 
+from compiler import naming
 from compiler.cluster import ClusterModel
 from compiler.incremental import NodeCompiler, render_delta_json
 from compiler.model import Namespace, NetworkPolicy, Node, Pod
@@ -345,7 +346,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
             ipr.route("add", dst="0.0.0.0/0", gateway=OUTSIDE4)
             ipr.route("add", dst="::/0", gateway=OUTSIDE6, family=socket.AF_INET6)
             for i, (name, (v4, v6)) in enumerate(PODS.items()):
-                host = f"veth{i}"
+                host = f"{naming.POD_INTERFACE_PREFIX}{i}"  # the CNI's prefix: anti-spoofing applies
                 ipr.link("add", ifname=host, kind="veth", peer={"ifname": "eth0", "net_ns_fd": names[name]})
                 idx = ipr.link_lookup(ifname=host)[0]
                 ipr.link("set", index=idx, state="up")

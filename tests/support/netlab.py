@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import Conntrack, IPRoute, netns
 
+from compiler import naming
 from tests.support.addressing import DEFAULT_NODE_IPV4, DEFAULT_NODE_IPV6, Family, PodAddress
 from tests.support.agents import AgentError, AgentProcess, spawn_agent, wait_ready
 from tests.support.probe import PodEndpoint
@@ -192,7 +193,7 @@ class NetLab:
             pod_map[pod.name] = LabPod(
                 name=pod.name,
                 netns=ns,
-                host_ifname=f"stkv{i}",
+                host_ifname=f"{naming.POD_INTERFACE_PREFIX}v{i}",  # the CNI prefix: anti-spoofing applies
                 ipv4=pod.ipv4,
                 ipv6=pod.ipv6,
                 control=str(self.run_dir / f"{slug}.sock"),

@@ -30,6 +30,7 @@ from compiler.ir import (
     DportIn,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
+    IfnamePrefix,
     IifLoopback,
     IntervalSet,
     L4protoIn,
@@ -108,8 +109,10 @@ def _matches(plan: CompiledPlan, m: Match, pkt: Packet) -> bool:
         if m.family != pkt.family:
             return False
         return (_int(pkt.saddr), _int(pkt.daddr)) in plan.pairs[m.set_name]
-    if isinstance(m, CtStateIn | IifLoopback | FibSaddrIifMissing | Icmpv6TypeIn):
-        return False  # a new TCP/UDP/SCTP packet from a pod's veth, source not spoofed
+    if isinstance(m, CtStateIn | IifLoopback | IfnamePrefix | FibSaddrIifMissing | Icmpv6TypeIn):
+        # A new, valid TCP/UDP/SCTP packet, source not spoofed: every rule that names an interface
+        # also needs a spoofed source or an invalid state, so the interface does not matter here.
+        return False
     raise TypeError(m)
 
 

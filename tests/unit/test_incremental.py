@@ -223,7 +223,7 @@ def test_delta_json_orders_objects_before_users() -> None:
         ("add", "set"),
         ("add", "set"),
         ("add", "chain"),
-        *[("add", "rule")] * 5,
+        *[("add", "rule")] * 8,  # 3 describe the chain and its two sets
         *[("add", "element")] * 4,  # hairpin and local-pods sets, two dispatch maps
     ]
 

@@ -26,6 +26,7 @@ from compiler.ir import (
     Rule,
     SaddrDaddrInSet,
     SelfPairSet,
+    is_description,
     jump,
 )
 from compiler.model import Namespace, NetworkPolicy, Node, Pod
@@ -87,13 +88,17 @@ ALLOW_CLIENT = {
 }
 
 
+def pod_sets(plan: NodePlan) -> list[str]:
+    return [s.name for s in plan.sets if s.name.startswith("pods-")]
+
+
 def pod_chains(plan: NodePlan, direction: str) -> list[Chain]:
     return [c for c in plan.pod_chains if c.name.startswith(direction)]
 
 
 def policy_rules(chain: Chain) -> list[Rule]:
     """The chain's rules between the tier jumps (the NetworkPolicy tier)."""
-    return list(chain.rules[1:-2])
+    return [r for r in chain.rules if not is_description(r)][1:-2]
 
 
 # --- layout ---------------------------------------------------------------------------------------
@@ -102,19 +107,23 @@ def policy_rules(chain: Chain) -> list[Rule]:
 def test_per_pod_chain_layout() -> None:
     plan = build_plan(model(WEB, CLIENT, policies=(policy("allow", ALLOW_CLIENT),)), node=NODE)
     (chain,) = pod_chains(plan, "ingress")
-    first, *_, baseline, last = chain.rules
+    about, set_v4, set_v6, first, *_, baseline, last = chain.rules
+    assert [r for r in chain.rules if is_description(r)] == [about, set_v4, set_v6]
+    assert about.comment == "ingress of pods isolated by x/allow"
+    peers = "pods (app=client) in namespaces (kubernetes.io/metadata.name=x)"
+    assert [set_v4.comment, set_v6.comment] == [f"set {s}: {peers}" for s in sorted(pod_sets(plan))]
     assert first.action.target == "admin-ingress" and first.counter  # type: ignore[union-attr]
     assert baseline.action.target == "baseline-ingress"  # type: ignore[union-attr]
     assert last.action.kind == "drop" and last.comment == "ingress isolation: x/allow"  # type: ignore[union-attr]
     assert {r.comment for r in policy_rules(chain)} == {"x/allow ingress[0]"}
-    assert all(r.counter for r in chain.rules)
+    assert all(r.counter for r in chain.rules if not is_description(r))
     assert {c.name for c in plan.tier_chains} == {
         "admin-ingress",
         "admin-egress",
         "baseline-ingress",
         "baseline-egress",
     }
-    assert all(not c.rules for c in plan.tier_chains)
+    assert all([is_description(r) for r in c.rules] == [True] for c in plan.tier_chains)
 
 
 def test_dispatch_maps_cover_every_local_pod() -> None:

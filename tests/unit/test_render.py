@@ -19,6 +19,7 @@ from compiler.ir import (
     DportIn,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
+    IfnamePrefix,
     IifLoopback,
     Interval,
     IntervalSet,
@@ -130,6 +131,18 @@ MATCHES: list[Any] = [
         "meta iiftype loopback",
         {"match": {"op": "==", "left": {"meta": {"key": "iiftype"}}, "right": "loopback"}},
         id="loopback",
+    ),
+    pytest.param(
+        IfnamePrefix("iifname", "stk"),
+        'iifname "stk*"',
+        {"match": {"op": "==", "left": {"meta": {"key": "iifname"}}, "right": "stk*"}},
+        id="iifname-prefix",
+    ),
+    pytest.param(
+        IfnamePrefix("oifname", "cali"),
+        'oifname "cali*"',
+        {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "cali*"}},
+        id="oifname-prefix",
     ),
     pytest.param(
         FibSaddrIifMissing(),

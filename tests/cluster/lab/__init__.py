@@ -1,4 +1,5 @@
-"""The cluster lab: a real Kubernetes control plane with nodes and pods as network namespaces.
+"""The cluster lab: a real Kubernetes control plane and real nodes (kubelet + containerd), each
+node in its own network and mount namespace.
 
 See tests/cluster/README.md. Entry points: `Lab` (tests, demo) and `python -m tests.cluster.lab`.
 """

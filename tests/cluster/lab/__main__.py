@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from .config import DEFAULT_ROOT
+from .config import DEFAULT_ROOT, LAB_IMAGES
 from .lab import Lab
 from .preflight import LabError
 from .state import alive
@@ -27,7 +27,7 @@ def _up(args: argparse.Namespace) -> int:
         nodes=args.nodes,
         proxy_mode=args.proxy_mode,
         root=DEFAULT_ROOT,
-        real_nodes=args.real_nodes,
+        images=(*LAB_IMAGES, *(i for i in args.image if i not in LAB_IMAGES)),
     )
     stop = threading.Event()
 
@@ -82,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--proxy-mode", choices=("nftables", "iptables"), default="nftables")
             p.add_argument("--detach", action="store_true", help="return once the lab is up")
             p.add_argument(
-                "--real-nodes",
-                action="store_true",
-                help="kubelet + containerd per node instead of the node stand-in",
+                "--image",
+                action="append",
+                default=[],
+                help="also import this tests/images archive into the nodes (e.g. agnhost for make e2e)",
             )
     args = parser.parse_args(argv)
     if args.command == "up":

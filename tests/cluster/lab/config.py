@@ -32,6 +32,10 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 # outlive the process that made it so that a crash can be cleaned up.
 DEFAULT_ROOT = Path(os.environ.get("STOCKADE_LAB_ROOT", "/run/stockade-lab"))
 
+# The archives (tests/images/build.sh <name>) every lab imports. Each costs seconds per node at
+# start (the test pod and CNI installer are python rootfs of ~180 MB), so `make e2e`'s agnhost is
+# imported only by labs that ask for it.
+LAB_IMAGES = ("pause", "testpod", "cni-installer")
 CLUSTER_CIDRS = ("10.244.0.0/16", "fd5c:ade2::/56")
 SERVICE_CIDRS = ("10.96.0.0/16", "fd5c:ade3::/112")
 NODE_MASK_V4 = 24
@@ -42,7 +46,6 @@ ETCD_PEER_PORT = 2380
 # kube-proxy's ports are bound to 127.0.0.1 inside each node's own namespace, so they never clash.
 KUBE_PROXY_METRICS = "127.0.0.1:10249"
 KUBE_PROXY_HEALTHZ = "127.0.0.1:10256"
-CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
 
 
 @dataclass(frozen=True)
@@ -65,8 +68,8 @@ class LabConfig:
     proxy_mode: ProxyMode = "nftables"
     slot: int = 0
     root: Path = field(default=DEFAULT_ROOT)
-    cni_bin_dir: str = ""  # empty: the first of CNI_BIN_DIRS that has ptp and host-local
-    real_nodes: bool = False  # kubelet + containerd per node instead of the node stand-in
+    # Image archives (tests/images names) imported into every node's containerd at start.
+    images: tuple[str, ...] = LAB_IMAGES
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):
@@ -94,9 +97,6 @@ class LabConfig:
     @property
     def host_link(self) -> str:
         return f"stkl-{self.name}-h"  # <= 15 chars: IFNAMSIZ is 16 with the NUL
-
-    def pod_netns(self, uid: str) -> str:
-        return f"{self.prefix}pod-{uid}"
 
     # --- addresses ---------------------------------------------------------------------------
 

@@ -151,26 +151,3 @@ def kube_proxy(cfg: LabConfig, bin_dir: Path, node: NodeAddrs, kubeconfig: Path)
         f"--healthz-bind-address={KUBE_PROXY_HEALTHZ}",
         "--v=1",
     ]
-
-
-def standin(
-    cfg: LabConfig, node: NodeAddrs, *, python: str, pki: Path, node_dir: Path, cni_bin: str
-) -> list[str]:
-    return [
-        python,
-        "-m",
-        "tests.cluster.lab.standin",
-        f"--lab={cfg.name}",
-        f"--node={node.name}",
-        f"--netns={node.netns}",
-        f"--ipv4={node.ipv4}",
-        f"--ipv6={node.ipv6}",
-        f"--server={cfg.api_url_nodes}",
-        f"--ca={pki / 'ca.crt'}",
-        f"--cert={pki / (node.name + '.crt')}",
-        f"--key={pki / (node.name + '.key')}",
-        f"--node-dir={node_dir}",
-        f"--netns-prefix={cfg.prefix}",
-        f"--cni-conf-dir={node_dir / 'net.d'}",
-        f"--cni-path={cni_bin}",
-    ]

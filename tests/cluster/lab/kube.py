@@ -1,19 +1,16 @@
-"""A small typed Kubernetes REST client over urllib: the few verbs the lab and stand-in need.
+"""A small typed Kubernetes REST client over urllib: the few verbs the lab and its tests need.
 
-JSON in, JSON out, plus a line-oriented watch. It exists so the node stand-in's traffic is
-exactly what kubelet sends (strategic-merge patches of status subresources, deletes with
-grace period 0, lease updates) with nothing generated in between.
+JSON in, JSON out; no client library between the tests and the API.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import ssl
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,11 +29,6 @@ class ApiError(RuntimeError):
             message = body
         super().__init__(f"{method} {path}: {status} {message}")
         self.status = status
-
-
-def now_rfc3339(micro: bool = False) -> str:
-    t = dt.datetime.now(dt.UTC)
-    return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ") if micro else t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -110,20 +102,3 @@ class Kube:
                 return bool(resp.status == 200)
         except (ApiError, OSError):
             return False
-
-    def watch(
-        self, path: str, *, resource_version: str, query: Mapping[str, str], timeout_seconds: int = 240
-    ) -> Iterator[Obj]:
-        """Watch events ({"type", "object"}) until the server ends the watch."""
-        q = dict(
-            query,
-            watch="true",
-            resourceVersion=resource_version,
-            allowWatchBookmarks="true",
-            timeoutSeconds=str(timeout_seconds),
-        )
-        with self._open("GET", path, query=q, timeout=timeout_seconds + 30) as resp:
-            for line in resp:
-                if line.strip():
-                    event: Obj = json.loads(line)
-                    yield event

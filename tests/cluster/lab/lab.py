@@ -1,7 +1,8 @@
 """The lab: start, inspect and stop a local Kubernetes cluster made of real parts.
 
     lab = Lab.create(name="lab", nodes=2)
-    lab.up()          # etcd, apiserver, controller manager, scheduler, N nodes, kube-proxy
+    lab.up()          # etcd, apiserver, controller manager, scheduler; per node containerd,
+                      # kubelet and kube-proxy; the CNI installer DaemonSet
     lab.kubectl("apply", "-f", "app.yaml")
     lab.down()        # removes every namespace, link and process the lab made
 
@@ -13,7 +14,6 @@ one that is still running. Any failure during `up` tears down what was made and 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -21,17 +21,17 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
-from . import cni, controlplane, nodes, realnode
-from .config import APISERVER_PORT, CNI_BIN_DIRS, DEFAULT_ROOT, LabConfig, ProxyMode, collisions
+from . import controlplane, nodes, proxy, realnode
+from .config import APISERVER_PORT, DEFAULT_ROOT, LAB_IMAGES, LabConfig, ProxyMode, collisions
 from .kube import ApiError, Credentials, Kube, Obj
 from .pki import PKI
 from .preflight import LabError, choose_slot, host_prefixes, tools_bin, wait_for
 from .report import status_lines
-from .state import OwnerLock, Record, alive, cleanup, pod_records, proc_of, terminate
-from .underlay import Underlay, in_netns, spawn
+from .state import OwnerLock, Record, alive, cleanup, proc_of, terminate
+from .underlay import Underlay, spawn
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -56,10 +56,11 @@ class Lab:
         nodes: int = 2,
         proxy_mode: ProxyMode = "nftables",
         root: Path = DEFAULT_ROOT,
-        real_nodes: bool = False,
+        images: tuple[str, ...] = LAB_IMAGES,
     ) -> Lab:
-        """A lab not started yet; its slot is chosen when `up` runs (after crash clean-up)."""
-        return cls(LabConfig(name=name, nodes=nodes, proxy_mode=proxy_mode, root=root, real_nodes=real_nodes))
+        """A lab not started yet; its slot is chosen when `up` runs (after crash clean-up).
+        `images`: the archives of tests/images to import into every node."""
+        return cls(LabConfig(name=name, nodes=nodes, proxy_mode=proxy_mode, root=root, images=images))
 
     @classmethod
     def load(cls, name: str, *, root: Path = DEFAULT_ROOT) -> Lab:
@@ -76,7 +77,7 @@ class Lab:
                 proxy_mode=mode,
                 slot=rec.slot,
                 root=root,
-                real_nodes=bool(rec.info.get("real_nodes")),
+                images=tuple(rec.info.get("images", LAB_IMAGES)),
             ),
             bin_dir=Path(rec.info["bin_dir"]) if rec.info.get("bin_dir") else None,
         )
@@ -188,14 +189,8 @@ class Lab:
     def _up(self, *, timeout: float) -> None:
         t = time.monotonic()
         bin_dir = self.bin_dir = self.bin_dir or tools_bin()
-        cni_bin = self.cfg.cni_bin_dir or next(
-            (d for d in CNI_BIN_DIRS if all(Path(d, p).is_file() for p in ("ptp", "host-local"))), ""
-        )
-        if not cni_bin:
-            raise LabError(
-                f"CNI plugins ptp and host-local not found in {CNI_BIN_DIRS} "
-                "(apt-get install containernetworking-plugins)"
-            )
+        # Fails early, naming what is missing (node binaries, runc, the images).
+        tools = nodes.NodeTools.find(bin_dir, self.cfg.images)
         for tool in ("nsenter", "nft") + (("iptables-restore",) if self.cfg.proxy_mode == "iptables" else ()):
             if shutil.which(tool) is None:
                 raise LabError(f"{tool} not found on PATH")
@@ -214,8 +209,7 @@ class Lab:
                 proxy_mode=self.cfg.proxy_mode,
                 slot=slot,
                 root=self.cfg.root,
-                cni_bin_dir=cni_bin,
-                real_nodes=self.cfg.real_nodes,
+                images=self.cfg.images,
             )
             if clash := collisions(cfg, prefixes):
                 raise LabError("address ranges collide with the host: " + "; ".join(clash))
@@ -226,7 +220,7 @@ class Lab:
                 nodes=cfg.nodes,
                 proxy_mode=cfg.proxy_mode,
                 owner_pid=os.getpid(),
-                info={"bin_dir": str(bin_dir), "cni_bin": cni_bin, "real_nodes": self.cfg.real_nodes},
+                info={"bin_dir": str(bin_dir), "node_tools": str(tools.bin_dir), "images": list(cfg.images)},
             )
             self._save()
         finally:
@@ -274,20 +268,7 @@ class Lab:
         self._spawn("kube-scheduler", controlplane.scheduler(bin_dir, kc_sched), cfg.cp_netns)
 
         t = time.monotonic()
-        if cfg.real_nodes:
-            self._start_real_nodes(bin_dir=bin_dir, timeout=timeout)
-        else:
-            for node in cfg.all_nodes:
-                (self.node_dir(node.name) / "net.d").mkdir(parents=True)
-                argv = controlplane.standin(
-                    cfg,
-                    node,
-                    python=sys.executable,
-                    pki=pki,
-                    node_dir=self.node_dir(node.name),
-                    cni_bin=cni_bin,
-                )
-                self._spawn(f"standin-{node.name}", argv, node.netns)
+        self._start_nodes(tools, timeout=timeout)
         cidrs: dict[str, list[str]] = {}
 
         def all_cidrs() -> bool:
@@ -304,19 +285,13 @@ class Lab:
         t = time.monotonic()
         Underlay(cfg, self.rec, self._save).route_pod_cidrs(cidrs)
         for node in cfg.all_nodes:
-            if not cfg.real_nodes:
-                conf = cni.lab_conflist(
-                    pod_cidrs=cidrs[node.name], ipam_dir=self.node_dir(node.name) / "ipam"
-                )
-                write_json_file(self.node_dir(node.name) / "net.d" / "10-stockade-lab.conflist", conf)
             self._spawn(
                 f"kube-proxy-{node.name}", controlplane.kube_proxy(cfg, bin_dir, node, kc_proxy), node.netns
             )
         self.rec.info["pod_cidrs"] = cidrs
         self._save()
-        if cfg.real_nodes:
-            # Nodes are NotReady until a CNI config exists; a DaemonSet writes it, as in production.
-            self.kubectl("apply", "-f", "-", input=nodes.cni_installer_manifest())
+        # Nodes are NotReady until a CNI config exists; a DaemonSet writes it, as in production.
+        self.kubectl("apply", "-f", "-", input=nodes.cni_installer_manifest())
         wait_for(
             "nodes to be Ready",
             lambda: all(self._node_ready(n.name) for n in cfg.all_nodes),
@@ -325,7 +300,7 @@ class Lab:
         )
         wait_for(
             f"kube-proxy ({cfg.proxy_mode}) to program the kubernetes Service",
-            lambda: all(self._proxy_programmed(n.netns) for n in cfg.all_nodes),
+            lambda: all(proxy.synced(cfg, n.netns) for n in cfg.all_nodes),
             timeout=timeout,
             alive=self._check_alive,
         )
@@ -339,11 +314,9 @@ class Lab:
         self.rec.phase = "up"
         self._save()
 
-    def _start_real_nodes(self, *, bin_dir: Path, timeout: float) -> None:
+    def _start_nodes(self, tools: nodes.NodeTools, *, timeout: float) -> None:
         """containerd and kubelet per node, each in its node's network, mount and cgroup space."""
         cfg = self.cfg
-        tools = nodes.NodeTools.find(bin_dir)
-        self.rec.info["node_tools"] = str(tools.bin_dir)
         for node in cfg.all_nodes:
             nd = self.node_dir(node.name)
             realnode.write_node_files(
@@ -370,11 +343,16 @@ class Lab:
                 node.netns,
                 env=env,
             )
+        socks = [realnode.containerd_socket(self.node_dir(node.name)) for node in cfg.all_nodes]
+        for node, sock in zip(cfg.all_nodes, socks, strict=True):
+            wait_for(f"containerd on {node.name}", sock.exists, timeout=timeout, alive=self._check_alive)
+        # Importing (and unpacking) the images is most of a node's start: all nodes at once.
+        t = time.monotonic()
+        with ThreadPoolExecutor(max_workers=len(socks)) as pool:
+            list(pool.map(tools.import_images, socks))
+        self._step("images imported", t)
         for node in cfg.all_nodes:
             nd = self.node_dir(node.name)
-            sock = realnode.containerd_socket(nd)
-            wait_for(f"containerd on {node.name}", sock.exists, timeout=timeout, alive=self._check_alive)
-            tools.import_images(sock)
             kc = self.pki.kubeconfig(
                 nd / "kubeconfig", stem=node.name, user=f"system:node:{node.name}", server=cfg.api_url_nodes
             )
@@ -402,24 +380,6 @@ class Lab:
         taints = [t["key"] for t in node.get("spec", {}).get("taints", []) or []]
         return conds.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints
 
-    def _proxy_programmed(self, netns_name: str) -> bool:
-        if self.cfg.proxy_mode == "nftables":
-            cmds = [
-                ["nft", "list", "table", "ip", "kube-proxy"],
-                ["nft", "list", "table", "ip6", "kube-proxy"],
-            ]
-            # The `kubernetes` Service is IPv4-only (single-stack, first family): in ip6, the
-            # table's existence is the sign kube-proxy synced.
-            want = ["10.96.0.1", ""]
-        else:
-            cmds = [["iptables-save", "-t", "nat"], ["ip6tables-save", "-t", "nat"]]
-            want = ["10.96.0.1/32", "KUBE-SERVICES"]
-        for argv, needle in zip(cmds, want, strict=True):
-            out = subprocess.run(in_netns(netns_name, argv), capture_output=True, text=True, check=False)
-            if out.returncode != 0 or needle not in out.stdout:
-                return False
-        return True
-
     # --- use -------------------------------------------------------------------------------------
 
     def kubectl(
@@ -439,12 +399,17 @@ class Lab:
             raise LabError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
 
-    def pod_sandboxes(self) -> dict[str, dict[str, Any]]:
-        """uid -> sandbox record (netns, control socket, IPs) of every pod the stand-ins run."""
-        return {r["uid"]: r for r in pod_records(self.cfg.dir)}
-
     def nodes(self) -> list[Obj]:
         return list(self.kube.get("/api/v1/nodes")["items"])
+
+    def in_node(self, node: str, argv: list[str]) -> list[str]:
+        """argv run inside the node: its network namespace and its private mount namespace
+        (where its pods' netns files, CNI state and kubelet's directories are)."""
+        addrs = next((n for n in self.cfg.all_nodes if n.name == node), None)
+        holder = next((p for p in self.rec.processes if p.role == f"mntns-{node}"), None)
+        if addrs is None or holder is None or not alive(holder):
+            raise LabError(f"lab {self.cfg.name} has no running node {node}")
+        return realnode.in_node(addrs, holder.pid, argv)
 
     # --- down and status ---------------------------------------------------------------------------
 
@@ -471,7 +436,3 @@ class Lab:
             self.lock.path.unlink(missing_ok=True)
         self.lock.release()
         return removed
-
-
-def write_json_file(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2) + "\n")

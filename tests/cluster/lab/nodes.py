@@ -6,7 +6,7 @@ built by `tests/images/` and imported into each node's containerd (`ctr images i
 use them with `imagePullPolicy: Never`/`IfNotPresent`.
 
     STOCKADE_NODE_BIN    directory with the node binaries (default: the tools bin dir)
-    STOCKADE_IMAGES_DIR  directory of OCI archives (*.tar) to import into every node
+    STOCKADE_IMAGES_DIR  directory of the OCI archives (<name>.tar) to import into every node
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import LAB_IMAGES
 from .preflight import LabError
 
 MANIFESTS = Path(__file__).resolve().parent / "manifests"
@@ -37,7 +39,7 @@ class NodeTools:
     pause_image: str = PAUSE_IMAGE
 
     @classmethod
-    def find(cls, tools_bin: Path) -> NodeTools:
+    def find(cls, tools_bin: Path, images: Sequence[str] = LAB_IMAGES) -> NodeTools:
         bin_dir = Path(os.environ.get("STOCKADE_NODE_BIN") or tools_bin)
         missing = [b for b in NODE_BINARIES if not (bin_dir / b).is_file()]
         if missing:
@@ -49,10 +51,13 @@ class NodeTools:
         if not runc:
             raise LabError("real nodes need runc (apt-get install runc)")
         images_dir = Path(os.environ.get("STOCKADE_IMAGES_DIR") or DEFAULT_IMAGES_DIR)
-        images = tuple(sorted(images_dir.glob("*.tar")))
-        if not images:
-            raise LabError(f"real nodes need the lab's images in {images_dir} (tests/images builds them)")
-        return cls(bin_dir=bin_dir, runc=runc, images=images)
+        missing = [name for name in images if not (images_dir / f"{name}.tar").is_file()]
+        if missing:
+            raise LabError(
+                f"the lab needs the images {', '.join(missing)} in {images_dir} "
+                f"(tests/images/build.sh {' '.join(missing)} builds them)"
+            )
+        return cls(bin_dir=bin_dir, runc=runc, images=tuple(images_dir / f"{name}.tar" for name in images))
 
     def ctr(self, sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
         argv = [str(self.bin_dir / "ctr"), f"--address={sock}", "--namespace=k8s.io", *args]

@@ -2,7 +2,7 @@
 
 One throw-away CA per lab signs the apiserver's serving certificate and one client certificate
 per identity. Identities follow what kubeadm makes, so the apiserver's own authorizers do the
-work: the admin is in system:masters, each node stand-in is `system:node:<name>` in
+work: the admin is in system:masters, each node's kubelet is `system:node:<name>` in
 `system:nodes` (Node authorizer + NodeRestriction), kube-proxy is `system:kube-proxy` (bound to
 system:node-proxier by the default policy), and the controller manager and scheduler have their
 `system:kube-*` users. ECDSA P-256 keys: generating them takes milliseconds.

@@ -1,11 +1,11 @@
 """Probing real pods: a client agent inside a pod's network namespace, entered through its sandbox.
 
-A real pod's network namespace is a file inside its node's private mount namespace, so it is
+A pod's network namespace file lives inside its node's private mount namespace, so it is
 reached through one of the pod's processes instead: the node's containerd names the pod's sandbox
 (the pause container, labels `io.kubernetes.pod.uid` and `io.cri-containerd.kind=sandbox`) and its
 task's pid; `nsenter --net=/proc/<pid>/ns/net` starts a `tests.support.podagent` there with no
 ports, which probes from the pod's own addresses. The pod's servers are its own containers (the
-lab's test-pod image runs the same agent). Each client is recorded like a stand-in sandbox
+lab's test-pod image runs the same agent with the ports as args). Each client is recorded
 (`nodes/<node>/pods/<uid>.json`), so `down` and a crashed lab's clean-up kill it.
 """
 
@@ -18,104 +18,113 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tests.support.agents import ping
 from tests.support.probe import PodEndpoint
 
 from .preflight import LabError
 from .realnode import containerd_socket
-from .sandbox import _ping
 from .state import proc_of, write_json
 
 if TYPE_CHECKING:
     from .lab import Lab
 
 REPO = Path(__file__).resolve().parents[3]
-READY_TIMEOUT = 15.0
+READY_TIMEOUT = 30.0
+SANDBOX = 'labels."io.cri-containerd.kind"==sandbox'
 
 
-def _ctr(lab: Lab, node: str, *args: str) -> str:
-    ctr = Path(str(lab.rec.info.get("node_tools", ""))) / "ctr"
+def ctr(lab: Lab, node: str, *args: str) -> str:
+    """`ctr` against the node's containerd, in the CRI's `k8s.io` namespace."""
+    tool = Path(str(lab.rec.info.get("node_tools", ""))) / "ctr"
     sock = containerd_socket(lab.node_dir(node))
-    argv = [str(ctr), f"--address={sock}", "--namespace=k8s.io", *args]
+    argv = [str(tool), f"--address={sock}", "--namespace=k8s.io", *args]
     out = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=30)
     if out.returncode != 0:
         raise LabError(f"{' '.join(argv)} failed: {out.stderr.strip()[-400:]}")
     return out.stdout
 
 
-def sandbox_pid(lab: Lab, pod: dict[str, Any]) -> int:
-    """The pid of the pod's sandbox (pause) process, from its node's containerd."""
-    node = str(pod["spec"].get("nodeName", ""))
-    uid = str(pod["metadata"]["uid"])
-    ids = _ctr(
-        lab,
-        node,
-        "containers",
-        "ls",
-        "-q",
-        f'labels."io.kubernetes.pod.uid"=={uid},labels."io.cri-containerd.kind"==sandbox',
-    ).split()
+def pod_containers(lab: Lab, node: str, uid: str, *, sandbox_only: bool = False) -> list[str]:
+    """Ids of the containers containerd on `node` holds for pod `uid` (its sandbox and apps)."""
+    selector = f'labels."io.kubernetes.pod.uid"=={uid}' + (f",{SANDBOX}" if sandbox_only else "")
+    return ctr(lab, node, "containers", "ls", "-q", selector).split()
+
+
+def running_tasks(lab: Lab, node: str) -> dict[str, int]:
+    """container id -> pid of every RUNNING task on the node."""
     tasks = {}
-    for line in _ctr(lab, node, "tasks", "ls").splitlines()[1:]:
+    for line in ctr(lab, node, "tasks", "ls").splitlines()[1:]:
         words = line.split()
         if len(words) >= 3 and words[2] == "RUNNING":
             tasks[words[0]] = int(words[1])
-    running = [tasks[i] for i in ids if i in tasks]
+    return tasks
+
+
+def sandbox_pid(lab: Lab, pod: dict[str, Any]) -> int:
+    """The pid of the pod's sandbox (pause) process, from its node's containerd."""
+    node, uid = str(pod["spec"].get("nodeName", "")), str(pod["metadata"]["uid"])
+    tasks = running_tasks(lab, node)
+    running = [tasks[i] for i in pod_containers(lab, node, uid, sandbox_only=True) if i in tasks]
     if not running:
-        raise LabError(
-            f"pod {pod['metadata']['namespace']}/{pod['metadata']['name']} has no running sandbox on {node}"
-        )
+        meta = pod["metadata"]
+        raise LabError(f"pod {meta['namespace']}/{meta['name']} has no running sandbox on {node}")
     return running[0]
 
 
-def client_endpoint(lab: Lab, pod: dict[str, Any], *, name: str) -> PodEndpoint:
-    """A prober endpoint for a real pod: its client agent (started once) and its pod IPs."""
+def _start_client(lab: Lab, pod: dict[str, Any], sock: Path) -> subprocess.Popen[bytes]:
     meta, node = pod["metadata"], str(pod["spec"].get("nodeName", ""))
-    uid = str(meta["uid"])
-    pods_dir = lab.node_dir(node) / "pods"
-    pods_dir.mkdir(parents=True, exist_ok=True)
-    sock = pods_dir / f"{uid}.sock"
-    if not _ping(str(sock)):
-        pid = sandbox_pid(lab, pod)
-        argv = ["nsenter", f"--net=/proc/{pid}/ns/net", "--"]
-        argv += [
-            sys.executable,
-            "-m",
-            "tests.support.podagent",
-            "--control",
-            str(sock),
-            "--parent",
-            str(os.getpid()),
-        ]
-        with (pods_dir / f"{uid}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                argv,
-                cwd=REPO,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=dict(os.environ, PYTHONPATH=str(REPO)),
+    pods_dir = sock.parent
+    argv = ["nsenter", f"--net=/proc/{sandbox_pid(lab, pod)}/ns/net", "--"]
+    argv += [sys.executable, "-m", "tests.support.podagent", "--control", str(sock)]
+    # A client outlives a test only as long as the process that started it (PDEATHSIG).
+    argv += ["--parent", str(os.getpid())]
+    with (pods_dir / f"{meta['uid']}.log").open("ab") as log:
+        proc = subprocess.Popen(
+            argv,
+            cwd=REPO,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, PYTHONPATH=str(REPO)),
+        )
+    record = {
+        "uid": meta["uid"],
+        "namespace": meta["namespace"],
+        "name": meta["name"],
+        "node": node,
+        "socket": str(sock),
+        "agent": proc_of(proc.pid, "client").__dict__,
+    }
+    write_json(pods_dir / f"{meta['uid']}.json", record)
+    return proc
+
+
+def client_endpoints(lab: Lab, pods: list[tuple[str, dict[str, Any]]]) -> list[PodEndpoint]:
+    """Prober endpoints for real pods, given as (name, pod object): their client agents (started
+    at once for every pod that has none yet, then awaited together) and their pod IPs."""
+    out, starting = [], []
+    for name, pod in pods:
+        uid, node = str(pod["metadata"]["uid"]), str(pod["spec"].get("nodeName", ""))
+        pods_dir = lab.node_dir(node) / "pods"
+        pods_dir.mkdir(parents=True, exist_ok=True)
+        sock = pods_dir / f"{uid}.sock"
+        if not ping(str(sock)):
+            starting.append((name, sock, _start_client(lab, pod, sock)))
+        ips = [i["ip"] for i in pod["status"]["podIPs"]]
+        out.append(
+            PodEndpoint(
+                name=name,
+                netns="",  # inside the node's mount namespace only; reached through the sandbox's pid
+                control=str(sock),
+                ipv4=next((ip for ip in ips if ":" not in ip), None),
+                ipv6=next((ip for ip in ips if ":" in ip), None),
             )
-        record = {
-            "uid": uid,
-            "namespace": meta["namespace"],
-            "name": meta["name"],
-            "netns": "",
-            "socket": str(sock),
-        }
-        record["agent"] = proc_of(proc.pid, "client").__dict__
-        write_json(pods_dir / f"{uid}.json", record)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not _ping(str(sock)):
+        )
+    deadline = time.monotonic() + READY_TIMEOUT
+    for name, sock, proc in starting:
+        while not ping(str(sock)):
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise LabError(
-                    f"client agent for {name} did not start: {(pods_dir / f'{uid}.log').read_text()[-600:]}"
-                )
+                log = sock.with_suffix(".log").read_text(errors="replace")[-600:]
+                raise LabError(f"client agent for {name} did not start: {log}")
             time.sleep(0.05)
-    ips = [i["ip"] for i in pod["status"]["podIPs"]]
-    return PodEndpoint(
-        name=name,
-        netns="",  # inside the node's mount namespace only; reached through the sandbox's pid
-        control=str(sock),
-        ipv4=next((ip for ip in ips if ":" not in ip), None),
-        ipv6=next((ip for ip in ips if ":" in ip), None),
-    )
+    return out

@@ -36,7 +36,7 @@ def status_lines(lab: Lab) -> Iterator[str]:
         yield "  start-up   " + ", ".join(f"{k} {v}s" for k, v in rec.info["timings"].items())
     for p in rec.processes:
         yield f"  {'up  ' if alive(p) else 'DEAD'} {p.role:<28} pid {p.pid:<8} netns {p.netns}"
-    sandboxes = pod_records(cfg.dir)
+    clients = pod_records(cfg.dir)
     try:
         nodes = lab.nodes()
         pods = lab.kube.get("/api/v1/pods")["items"]
@@ -49,7 +49,7 @@ def status_lines(lab: Lab) -> Iterator[str]:
         cidrs = ", ".join(n.get("spec", {}).get("podCIDRs", []))
         ready = conds.get("Ready", "?")
         yield f"  node {n['metadata']['name']}: Ready={ready} InternalIP {ips}; podCIDRs {cidrs}"
-    yield f"  pods: {len(pods)} in the API, {len(sandboxes)} sandboxes on the nodes"
+    yield f"  pods: {len(pods)} in the API; {len(clients)} probe clients running in pods"
     for pod in pods:
         m, s = pod["metadata"], pod.get("status", {})
         ips = ",".join(i["ip"] for i in s.get("podIPs", []))
@@ -77,7 +77,7 @@ def leftovers(cfg: LabConfig) -> list[str]:
             net = ipaddress.ip_network(f"{dst}/{r['dst_len']}", strict=False)
             if any(net.version == n.version and net.overlaps(n) for n in lab_nets):
                 found.append(f"route {net} (table {r.get('table')})")
-    # Real nodes' cgroups (named after the lab's prefix) in every v1 hierarchy.
+    # The nodes' cgroups (named after the lab's prefix) in every v1 hierarchy.
     found += [
         f"cgroup {h / (cfg.prefix + n.name)}"
         for h in v1_hierarchies()

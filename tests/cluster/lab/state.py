@@ -144,7 +144,7 @@ def _reap() -> None:
 
 
 def pod_records(lab_dir: Path) -> list[dict[str, Any]]:
-    """The pod records the node stand-ins wrote (nodes/<node>/pods/<uid>.json)."""
+    """The probe clients' records (nodes/<node>/pods/<uid>.json, written by `podclients`)."""
     out = []
     for f in sorted(lab_dir.glob("nodes/*/pods/*.json")):
         with contextlib.suppress(FileNotFoundError, json.JSONDecodeError):
@@ -163,23 +163,20 @@ def cleanup(lab_dir: Path, *, keep_logs_to: Path | None = None) -> list[str]:
     rec = Record.load(state)
     pods = pod_records(lab_dir)
     pod_procs = [Proc(**p["agent"]) for p in pods if p.get("agent")]
-    all_netns = [p["netns"] for p in pods if p.get("netns")] + list(rec.netns)
+    all_netns = list(rec.netns)
 
-    # Stand-ins first (they start agents), then the pods' agents, then the rest in reverse order.
-    standins = [p for p in rec.processes if p.role.startswith("standin")]
-    terminate(standins)
-    # A lab's data is thrown away: no component needs a graceful shutdown (the apiserver's takes
-    # seconds), so SIGKILL follows SIGTERM quickly.
-    rest = [p for p in reversed(rec.processes) if p not in standins]
-    terminate(pod_procs + rest, timeout=1.0)
+    # The probe clients, then the lab's processes in reverse order of start. A lab's data is
+    # thrown away: no component needs a graceful shutdown (the apiserver's takes seconds), so
+    # SIGKILL follows SIGTERM quickly.
+    terminate(pod_procs + list(reversed(rec.processes)), timeout=1.0)
     done += [f"process {p.role} {p.pid}" for p in rec.processes + pod_procs]
-    # Anything else still running inside our namespaces (CNI plugins caught mid-call, agents
-    # started but not recorded yet) is ours too.
+    # Anything else still running inside our namespaces (containerd's shims, hostNetwork pods'
+    # containers, CNI plugins caught mid-call, probe clients not recorded yet) is ours too.
     strays = pids_in_netns([n for n in all_netns if netns_exists(n)])
     terminate([proc_of(pid, "stray") for pid in strays], timeout=2.0)
     done += [f"stray process {pid}" for pid in strays]
 
-    # Real nodes: whatever still runs in a node's cgroups (pod containers, shims) goes with them.
+    # Whatever still runs in a node's cgroups (pod containers in their own namespaces) goes too.
     for cg in rec.cgroups:
         done += remove_cgroup(cg)
 

@@ -4,7 +4,7 @@
                                       │  control-plane netns (stklab-<lab>-cp): etcd, apiserver,
                                       │  controller manager, scheduler; bridge br0 = underlay
                node netns (stklab-<lab>-node-i): eth0 ══ n<i> ──┘
-               kube-proxy, the node stand-in, and the pods' host-side veths
+               containerd, kubelet, kube-proxy, and the pods' host-side veths
 
 Every name is recorded in the state record before it is made. The host namespace gets one veth
 with a /30 and nothing else: no forwarding, no routes beyond the link's own.
@@ -140,8 +140,6 @@ class Underlay:
         # A node's own processes (kubelet's hostNetwork pods, e.g. the CNI installer talking to
         # the `kubernetes` Service) need a route to the Service ranges for kube-proxy's DNAT to
         # happen at all; a real node's default route gives it. Here: towards the control plane.
-        if not self.cfg.real_nodes:
-            return
         with NetNS(node.netns) as ns:
             for cidr, via in ((SERVICE_CIDRS[0], self.cfg.cp_ipv4), (SERVICE_CIDRS[1], self.cfg.cp_ipv6)):
                 self.rec.routes.append({"netns": node.netns, "dst": cidr, "via": via})

@@ -1,7 +1,7 @@
 """Working with what runs in a lab: applying manifests, waiting for pods, probing them.
 
-The prober (`tests.support.probe`) drives each pod's agent through its control socket; this
-module maps the API's pods to those sockets via the stand-ins' sandbox records.
+The prober (`tests.support.probe`) drives a client agent in each pod through its control socket
+(`podclients` starts them); this module maps the API's pods to those endpoints.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from tests.support.probe import PodEndpoint
 
-from . import podclients
+from . import podclients, proxy
 from .kube import Obj
 from .lab import Lab
 from .preflight import LabError
@@ -68,28 +68,22 @@ def pod_name(pod: Obj) -> str:
 
 
 def endpoints(lab: Lab, pod_list: Sequence[Obj]) -> list[PodEndpoint]:
-    """Prober endpoints named `namespace/name`, one per pod, from the nodes' sandbox records."""
-    if lab.cfg.real_nodes:
-        return [podclients.client_endpoint(lab, pod, name=pod_name(pod)) for pod in pod_list]
-    boxes = lab.pod_sandboxes()
-    out = []
-    for pod in pod_list:
-        box = boxes.get(pod["metadata"]["uid"])
-        if box is None:
-            raise LabError(f"pod {pod_name(pod)} has no sandbox on {pod['spec'].get('nodeName')}")
-        ips = [i["ip"] for i in pod["status"]["podIPs"]]
-        out.append(
-            PodEndpoint(
-                name=pod_name(pod),
-                netns=box["netns"],
-                control=box["socket"],
-                ipv4=next((ip for ip in ips if ":" not in ip), None),
-                ipv6=next((ip for ip in ips if ":" in ip), None),
-            )
-        )
-    return out
+    """Prober endpoints named `namespace/name`, one per pod: a client agent in each pod."""
+    return podclients.client_endpoints(lab, [(pod_name(pod), pod) for pod in pod_list])
 
 
 def cluster_ips(lab: Lab, namespace: str, name: str) -> list[str]:
     svc = lab.kube.get(f"/api/v1/namespaces/{namespace}/services/{name}")
     return list(svc["spec"].get("clusterIPs") or [svc["spec"]["clusterIP"]])
+
+
+def wait_proxied(lab: Lab, namespace: str, name: str, *, timeout: float = 60.0) -> list[str]:
+    """The Service's ClusterIPs, once every node's kube-proxy forwards them to endpoints (see
+    `proxy`: a ClusterIP probed before that is rejected)."""
+    ips = cluster_ips(lab, namespace, name)
+    deadline = time.monotonic() + timeout
+    while not proxy.forwards(lab.cfg, ips):
+        if time.monotonic() > deadline:
+            raise LabError(f"kube-proxy did not program Service {namespace}/{name} ({ips}) on every node")
+        time.sleep(0.3)
+    return ips
