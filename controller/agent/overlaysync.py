@@ -87,7 +87,6 @@ class OverlaySync:
         self._failures = 0
         self._skipped: tuple[str, ...] = ()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stockade-overlay-{node}")
-        self.last_report: SyncReport | None = None
 
     def nodes_changed(self) -> None:
         """A Node was added, changed or deleted (called on the event loop; cheap)."""
@@ -120,12 +119,12 @@ class OverlaySync:
             report = await asyncio.get_running_loop().run_in_executor(
                 self._worker, self._sync, overlay.overlay_node(local), peers
             )
-        except Exception as exc:
+            self._note_skipped(local, peers)
+        except Exception as exc:  # whatever it was, the agent goes on enforcing policy
             return self._failed(local, exc)
         finally:
             self.metrics.seconds.observe(time.monotonic() - started)
         self._failures = 0
-        self.last_report = report
         self.metrics.changes.inc(int(report.device_created) + len(report.added) + len(report.removed))
         if report.changed:
             log.info(
@@ -135,7 +134,6 @@ class OverlaySync:
                 report.added or "nothing",
                 report.removed or "nothing",
             )
-        self._note_skipped(local, peers)
         return self.check_interval
 
     def _note_skipped(self, local: Node, peers: list[OverlayNode]) -> None:
