@@ -12,17 +12,14 @@ See :mod:`tests.cluster.overlaylab` for what stands in for kubelets and the runt
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-from pyroute2 import IPRoute, netns
+from pyroute2 import netns
 
 from tests.cluster.apiserver import ControlPlane, control_plane
 from tests.cluster.lab.kube import MERGE
@@ -32,10 +29,18 @@ from tests.cluster.overlaylab import (
     Pod,
     make_hub,
     make_root,
-    pod_cidrs,
     remove_root,
     underlay_address,
     wait_until,
+)
+from tests.cluster.overlaystate import (
+    add_underlay_address,
+    holds,
+    lacks,
+    leftovers,
+    overlay_entries,
+    pod_links,
+    remove_by_hand,
 )
 from tests.support.nodelab import has_table
 
@@ -143,57 +148,6 @@ def matrix(lab: Lab, pairs: list[tuple[str, str]]) -> dict[str, bool]:
     }
 
 
-def _overlay_entries() -> dict[str, set[str]]:
-    """Routes, neighbours and FDB entries on the VXLAN device (inside a node's namespace)."""
-    with IPRoute() as ipr:
-        found = ipr.link_lookup(ifname="stockade.vx")
-        if not found:
-            return {"routes": set(), "neigh": set(), "fdb": set()}
-        index = found[0]
-        return {
-            "routes": {
-                f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
-                for family in (socket.AF_INET, socket.AF_INET6)
-                for r in ipr.get_routes(family=family, oif=index, table=254)
-                if r.get_attr("RTA_GATEWAY")
-            },
-            "neigh": {
-                str(n.get_attr("NDA_DST"))
-                for family in (socket.AF_INET, socket.AF_INET6)
-                for n in ipr.get_neighbours(family=family, ifindex=index)
-                if n["state"] & 0x80  # permanent
-            },
-            "fdb": {
-                str(f.get_attr("NDA_DST"))
-                for f in ipr.fdb("dump", ifindex=index)
-                if f["ifindex"] == index and f.get_attr("NDA_DST")
-            },
-        }
-
-
-def entries_of(index: int) -> dict[str, set[str]]:
-    """What every other node must hold for node ``index`` (written out, not derived by the module)."""
-    v4, v6 = pod_cidrs(index)
-    return {
-        "routes": {v4, v6},
-        "neigh": {
-            str(ipaddress.ip_network(v4).network_address),
-            str(ipaddress.ip_network(v6).network_address),
-        },
-        "fdb": {underlay_address(index)},
-    }
-
-
-def holds(node: Node, index: int) -> dict[str, bool]:
-    have = node.call(_overlay_entries)
-    return {kind: wanted <= have[kind] for kind, wanted in entries_of(index).items()}
-
-
-def lacks(node: Node, index: int) -> bool:
-    have = node.call(_overlay_entries)
-    return all(not (wanted & have[kind]) for kind, wanted in entries_of(index).items())
-
-
 def test_pods_on_different_nodes_reach_each_other_over_the_overlay(lab: Lab) -> None:
     """No policy yet: every pair across the nodes connects, on both families, from the pod's own
     address (no NAT), with strict rp_filter and the agents' tables (anti-spoofing) loaded."""
@@ -283,21 +237,9 @@ def test_a_third_node_joins_without_restarting_the_agents(lab: Lab) -> None:
     assert {name: lab.nodes[name].agent.proc.pid for name in pids} == pids  # type: ignore[union-attr]
 
 
-def _remove_by_hand(index: int) -> None:
-    """What an operator's slip does: node ``index``'s v4 route and FDB entry deleted (inside a node)."""
-    v4, _ = pod_cidrs(index)
-    remote = underlay_address(index)
-    with IPRoute() as ipr:
-        device = ipr.link_lookup(ifname="stockade.vx")[0]
-        ipr.route("del", dst=v4, oif=device)
-        for entry in ipr.fdb("dump", ifindex=device):
-            if entry["ifindex"] == device and entry.get_attr("NDA_DST") == remote:
-                ipr.fdb("del", ifindex=device, lladdr=entry.get_attr("NDA_LLADDR"), dst=remote)
-
-
 def test_overlay_drift_is_repaired_within_the_check_interval(lab: Lab) -> None:
     node1 = lab.nodes["node1"]
-    node1.call(_remove_by_hand, 2)
+    node1.call(remove_by_hand, 2)
     assert holds(node1, 2) == {"routes": False, "neigh": True, "fdb": False}
     took = wait_until(
         "node1's route and FDB entry for node2 back",
@@ -307,11 +249,6 @@ def test_overlay_drift_is_repaired_within_the_check_interval(lab: Lab) -> None:
     )
     print(f"overlay drift repaired after {took * 1000:.0f} ms (check interval 1 s)")
     assert lab.pods["a1"].reach(lab.pods["a2"], 4)
-
-
-def _add_underlay_address(address: str) -> None:
-    with IPRoute() as ipr:
-        ipr.addr("add", index=ipr.link_lookup(ifname="ul0")[0], address=address, prefixlen=24)
 
 
 def _report_internal_ip(lab: Lab, name: str, address: str) -> None:
@@ -327,20 +264,20 @@ def test_a_node_changing_its_internal_ip_stays_reachable(lab: Lab) -> None:
     node1, node2 = lab.nodes["node1"], lab.nodes["node2"]
     a1, a2 = lab.pods["a1"], lab.pods["a2"]
     moved = underlay_address(12)
-    node2.call(_add_underlay_address, moved)
+    node2.call(add_underlay_address, moved)
     for address in (moved, underlay_address(2)):  # there and back (the later tests expect .2)
         _report_internal_ip(lab, "node2", address)
         took = wait_until(
             f"node1's FDB entry for node2 at {address}, and a1 <-> a2 on both families",
             lambda address=address: (
-                address in node1.call(_overlay_entries)["fdb"]
+                address in node1.call(overlay_entries)["fdb"]
                 and all(a1.reach(a2, f) and a2.reach(a1, f) for f in FAMILIES)
             ),
             timeout=BOUND,
             nodes=lab.agents(),
         )
         print(f"InternalIP -> {address}: reachable again after {took * 1000:.0f} ms")
-        assert node1.call(_overlay_entries)["fdb"] & {moved, underlay_address(2)} == {address}
+        assert node1.call(overlay_entries)["fdb"] & {moved, underlay_address(2)} == {address}
 
 
 def test_deleting_a_node_removes_its_overlay_entries_from_the_others(lab: Lab) -> None:
@@ -364,44 +301,21 @@ def test_deleting_a_node_removes_its_overlay_entries_from_the_others(lab: Lab) -
     assert holds(node1, 2) == {"routes": True, "neigh": True, "fdb": True}  # the others stay
 
 
-def _leftovers(addresses: list[str]) -> dict[str, Any]:
-    """Pod links and routes to pod addresses (inside a node's namespace)."""
-    wanted = {ipaddress.ip_address(a) for a in addresses}
-    with IPRoute() as ipr:
-        links = sorted(
-            str(link.get_attr("IFLA_IFNAME"))
-            for link in ipr.get_links()
-            if str(link.get_attr("IFLA_IFNAME")).startswith("stk")
-        )
-        routes = sorted(
-            f"{r.get_attr('RTA_DST')}/{r['dst_len']}"
-            for family in (socket.AF_INET, socket.AF_INET6)
-            for r in ipr.get_routes(family=family, table=254)
-            if r.get_attr("RTA_DST") and ipaddress.ip_address(r.get_attr("RTA_DST")) in wanted
-        )
-    return {"links": links, "routes": routes}
-
-
-def _pod_links() -> list[str]:
-    with IPRoute() as ipr:
-        return sorted(str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links())
-
-
 def test_cni_del_leaves_no_addresses_links_or_routes(lab: Lab) -> None:
     by_node: dict[str, list[str]] = {}
     for pod in lab.pods.values():
         by_node.setdefault(pod.node.name, []).extend(pod.addresses)
     with lab.cp.here():
         for pod in list(lab.pods.values()):
-            before = pod.node.call(_leftovers, list(pod.addresses))
+            before = pod.node.call(leftovers, list(pod.addresses))
             assert before["links"] and before["routes"], f"{pod.name} was not attached: {before}"
             pod.delete()
             pod.node.cni("DEL", container_id=pod.container_id, pod=pod)  # idempotent: again is fine
             assert pod.worker is not None
-            assert pod.worker.call(_pod_links) == ["lo"], f"{pod.name}'s sandbox keeps links"
+            assert pod.worker.call(pod_links) == ["lo"], f"{pod.name}'s sandbox keeps links"
     for name, addresses in by_node.items():
         node = lab.nodes[name]
-        assert node.call(_leftovers, addresses) == {"links": [], "routes": []}, name
+        assert node.call(leftovers, addresses) == {"links": [], "routes": []}, name
         network = node.ipam / str(node.plugin_conf["name"])
         held = sorted(
             p.name
