@@ -195,21 +195,30 @@ def test_a_namespace_isolating_policy_is_enforced_on_both_nodes(lab: Lab) -> Non
     print(f"the whole matrix as the policy says in round {len(rounds)} of probes")
 
 
-def test_a_pod_sending_as_its_first_act_is_already_subject_to_policy(lab: Lab) -> None:
+@pytest.mark.parametrize(
+    ("name", "node", "local", "remote"),
+    [("a3", "node2", "2", "1"), ("a4", "node1", "1", "2"), ("a5", "node2", "2", "1")],
+    ids=["a3-on-node2", "a4-on-node1", "a5-on-node2-again"],
+)
+def test_a_pod_sending_as_its_first_act_is_already_subject_to_policy(
+    lab: Lab, name: str, node: str, local: str, remote: str
+) -> None:
     """ADD returns once the agent programmed the pod, before the kubelet reports its addresses:
-    the pod's first SYN is judged by its policy (denied to beta, allowed to alpha on its node)."""
-    a3 = lab.add_pod(ISOLATED, "a3", "node2", status=False)
+    the pod's first SYN is judged by its policy (denied to beta here and on the other node,
+    allowed to alpha on its own node, where its reported address is already a peer)."""
+    pod = lab.add_pod(ISOLATED, name, node, status=False)
     first = {
-        "a3->b2 v4": a3.reach(lab.pods["b2"], 4, timeout=FIRST_SYN),
-        "a3->b1 v6": a3.reach(lab.pods["b1"], 6, timeout=FIRST_SYN),
-        "a3->a2 v4": a3.reach(lab.pods["a2"], 4, timeout=FIRST_SYN),
+        f"-> b{local} v4": pod.reach(lab.pods[f"b{local}"], 4, timeout=FIRST_SYN),
+        f"-> b{remote} v6": pod.reach(lab.pods[f"b{remote}"], 6, timeout=FIRST_SYN),
+        f"-> a{local} v4": pod.reach(lab.pods[f"a{local}"], 4, timeout=FIRST_SYN),
     }
-    assert first == {"a3->b2 v4": False, "a3->b1 v6": False, "a3->a2 v4": True}
-    lab.report(a3)
-    a3.serve()
-    a1 = lab.pods["a1"]
-    wait_until("a1 -> a3 across nodes once the API shows a3", lambda: a1.reach(a3, 4), timeout=BOUND)
-    assert not lab.pods["b1"].reach(a3, 6, timeout=FIRST_SYN)
+    assert first == {f"-> b{local} v4": False, f"-> b{remote} v6": False, f"-> a{local} v4": True}
+    lab.report(pod)
+    pod.serve()
+    peer = lab.pods[f"a{remote}"]
+    across = f"a{remote} -> {name} across nodes once the API shows it"
+    wait_until(across, lambda: peer.reach(pod, 4), timeout=BOUND)
+    assert not lab.pods[f"b{remote}"].reach(pod, 6, timeout=FIRST_SYN)
 
 
 def test_a_third_node_joins_without_restarting_the_agents(lab: Lab) -> None:
