@@ -141,7 +141,8 @@ def desired(
     family = underlay_family or (4 if local.underlay(4) else 6)
     local_ip = local.underlay(family)
     if local_ip is None:
-        raise UsageError(f"node {local.name} has no IPv{family} InternalIP for the VXLAN underlay")
+        which = f"IPv{family} InternalIP" if local.internal_ips else "InternalIP (status.addresses)"
+        raise UsageError(f"node {local.name} has no {which} for the VXLAN underlay")
     device = Device(
         name=VXLAN_INTERFACE, vni=vni, port=port, local=local_ip, mac=vtep_mac(local.name), mtu=mtu
     )

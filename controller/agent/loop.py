@@ -26,7 +26,7 @@ from controller.agent.metrics import AgentMetrics
 from controller.agent.notices import Notice, Noticeboard
 from controller.agent.objects import Kind, Model
 from controller.agent.seams import PlanApplier, PodForget, PodReport, retry_delay
-from controller.agent.store import Change, Store
+from controller.agent.store import Change, ModelChange, Store
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,8 @@ class Agent:
         self._waiters: list[tuple[Callable[[NodePlan], bool], asyncio.Future[None]]] = []
         self._failures = 0
         self._sandboxes: dict[str, str] = {}  # pod UID -> container ID of the sandbox that reported
+        # Called on the loop after any Node object changed (the overlay: controller.agent.overlaysync).
+        self.on_nodes: Callable[[], None] | None = None
 
     # --- readiness -------------------------------------------------------------------------------
 
@@ -83,6 +85,8 @@ class Agent:
     def _add(self, change: Change | None, arrived: float | None) -> None:
         if change is not None:
             self.coalescer.add(change, arrived=arrived)
+            if self.on_nodes is not None and isinstance(change, ModelChange) and change.kind == "Node":
+                self.on_nodes()
 
     def seed(self, objects: Iterable[tuple[Kind, Model]]) -> None:
         """The complete initial listing: from now on a plan means the whole cluster."""

@@ -33,6 +33,7 @@ def options(args: argparse.Namespace) -> Options:
         check_interval=args.check_interval,
         cni_socket=args.cni_socket,
         cni_timeout=args.cni_timeout,
+        overlay=args.overlay,
     )
 
 

@@ -28,6 +28,7 @@ from controller.agent.http import serve
 from controller.agent.loop import Agent
 from controller.agent.notices import Notice, ObjectRef
 from controller.agent.objects import Kind, Model, UnreadableObject, parse
+from controller.agent.overlaysync import OverlaySync
 from controller.agent.seams import PlanApplier
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,7 @@ class Options:
     check_interval: float = 30.0
     cni_socket: str = "/run/stockade/cni.sock"
     cni_timeout: float = 10.0
+    overlay: bool = True  # keep this node's VXLAN overlay in sync with the Node objects
 
 
 async def _kube_proxy_watch(agent: Agent, api: Any) -> None:
@@ -259,6 +261,17 @@ async def run(
         check_interval=options.check_interval,
         watches_healthy=health.healthy,
     )
+    overlay: OverlaySync | None = None
+    if options.overlay:
+        overlay = OverlaySync(
+            node=options.node,
+            nodes=agent.store.nodes.values,
+            ready=agent.synced,
+            registry=agent.metrics.registry,
+            notify=agent.notice,
+            check_interval=options.check_interval,
+        )
+        agent.on_nodes = overlay.nodes_changed
     runner = await serve(agent, host=options.listen[0], port=options.listen[1])
     cni = cni_server(agent) if cni_server is not None else None
     if cni is not None:
@@ -269,6 +282,8 @@ async def run(
         asyncio.create_task(_kube_proxy_watch(agent, api), name="stockade kube-proxy mode"),
         asyncio.create_task(_resync_loop(agent, api, health), name="stockade resync"),
     ]
+    if overlay is not None:
+        tasks.append(asyncio.create_task(overlay.run(), name="stockade overlay"))
     log.info("agent for node %s: endpoints on %s:%d", options.node, *options.listen)
     try:
         await kopf.operator(

@@ -227,6 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds a pod's programming may take before the CNI plugin is answered with an error",
     )
+    p.add_argument(
+        "--overlay",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep this node's VXLAN overlay (device, routes, neighbour and FDB entries to the other"
+        " nodes) in sync with the Node objects (default on; --no-overlay when another CNI routes pods)",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     hostargs.add_parsers(sub)  # node-side: their code is imported only when they run

@@ -88,6 +88,9 @@ def running_agent(
         listen=("127.0.0.1", port),
         debounce_ms=debounce_ms,
         check_interval=check_interval,
+        # In-process, the agent's threads are in the test's own network namespace: no VXLAN device
+        # there. The overlay is driven by agent processes in node namespaces (test_agent_overlay).
+        overlay=False,
     )
 
     def cni(agent: Agent) -> Server:

@@ -97,18 +97,26 @@ class ControlPlane:
 
 @contextmanager
 def control_plane(
-    *, clients: tuple[Identity, ...] = (), netns: str | None = None, timeout: float = 120.0
+    *,
+    clients: tuple[Identity, ...] = (),
+    netns: str | None = None,
+    address: str = "127.0.0.1",
+    timeout: float = 120.0,
 ) -> Iterator[ControlPlane]:
     """Up for the ``with`` block; ``clients`` get certificates (the admin always has one). With
     ``netns`` (its loopback up) etcd and the apiserver run on that namespace's loopback, and API
-    calls must be made from there (:meth:`ControlPlane.here`)."""
+    calls must be made from there (:meth:`ControlPlane.here`). ``address`` is where the apiserver
+    listens (an address of ``netns`` that other namespaces reach, for agents on several nodes);
+    etcd stays on loopback."""
     bin_dir = tools_bin()
     root = Path(tempfile.mkdtemp(prefix="stockade-apiserver-"))
     plane: ControlPlane | None = None
     try:
         pki = PKI(root / "pki")
         admin = Identity("admin", "kubernetes-admin", ("system:masters",))
-        pki.create(server_ips=["127.0.0.1"], server_dns=["localhost"], clients=[admin, *clients])
+        pki.create(
+            server_ips=sorted({"127.0.0.1", address}), server_dns=["localhost"], clients=[admin, *clients]
+        )
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
@@ -126,9 +134,9 @@ def control_plane(
         apiserver = [
             str(bin_dir / "kube-apiserver"),
             f"--etcd-servers={etcd_url}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={address}",
             f"--secure-port={api_port}",
-            "--advertise-address=127.0.0.1",
+            f"--advertise-address={address}",
             # No kubernetes Service endpoints to reconcile for a loopback-only server.
             "--endpoint-reconciler-type=none",
             f"--tls-cert-file={pki.path('apiserver.crt')}",
@@ -142,7 +150,7 @@ def control_plane(
             f"--service-account-signing-key-file={pki.path('sa.key')}",
             "--profiling=false",
         ]
-        url = f"https://127.0.0.1:{api_port}"
+        url = f"https://{address}:{api_port}"
         creds = Credentials(
             server=url, ca=pki.path("ca.crt"), cert=pki.path("admin.crt"), key=pki.path("admin.key")
         )

@@ -86,7 +86,11 @@ def namespace_body(name: str, *, labels: dict[str, str] | None = None) -> dict[s
 
 
 def node_body(
-    name: str, *, cidrs: tuple[str, ...] = ("10.244.1.0/24",), heartbeat: str = "t0"
+    name: str,
+    *,
+    cidrs: tuple[str, ...] = ("10.244.1.0/24",),
+    heartbeat: str = "t0",
+    address: str = "192.0.2.1",
 ) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
@@ -94,7 +98,7 @@ def node_body(
         "metadata": {"name": name, "uid": f"uid-node-{name}", "labels": {}},
         "spec": {"podCIDR": cidrs[0], "podCIDRs": list(cidrs)},
         "status": {
-            "addresses": [{"type": "InternalIP", "address": "192.0.2.1"}],
+            "addresses": [{"type": "InternalIP", "address": address}] if address else [],
             "conditions": [{"type": "Ready", "status": "True", "lastHeartbeatTime": heartbeat}],
         },
     }
