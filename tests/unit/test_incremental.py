@@ -96,6 +96,42 @@ def test_incremental_plan_equals_a_full_build(seed: int, events: int, node: str,
             assert c.hook is None and c.name.startswith(("ingress-", "egress-"))
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10**6),
+    events=st.integers(0, 10**6),
+    node=st.sampled_from(clustergen.NODES),
+    steps=st.integers(1, 12),
+)
+def test_policy_namespace_and_pod_changes_equal_a_full_build(
+    seed: int, events: int, node: str, steps: int
+) -> None:
+    """Policies added, edited and deleted, namespaces relabelled, declared and deleted, and pod
+    events, in any order: the plan equals a full build, and each delta gives the next plan."""
+    current = clustergen.random_model(seed)
+    current = dataclasses.replace(
+        current,
+        policies=tuple(sorted(current.policies, key=lambda p: (p.metadata.namespace or "", p.metadata.name))),
+    )
+    compiler = NodeCompiler(current, node=node)
+    rng = random.Random(events)
+    for _ in range(steps):
+        before = compiler.plan
+        kind = rng.choice(["policy", "policy", "namespace", "pod"])
+        if kind == "policy":
+            old_p, new_p, current = clustergen.random_policy_change(rng, current)
+            delta = compiler.update_policy(old_p, new_p)
+        elif kind == "namespace":
+            old_n, new_n, current = clustergen.random_namespace_change(rng, current)
+            delta = compiler.update_namespace(old_n, new_n)
+        else:
+            old, new, current = clustergen.random_change(rng, current)
+            delta = compiler.update_pod(old, new)
+        expected = build_plan(current, node=node)
+        assert compiler.plan == expected, kind
+        assert apply(before, delta) == as_state(expected), kind
+
+
 def _compiler(*pods: Any) -> tuple[NodeCompiler, ClusterModel]:
     m = model(*pods, policies=(policy("allow", ALLOW_CLIENT),))
     return NodeCompiler(m, node=NODE), m
