@@ -162,7 +162,12 @@ class Applier:
         if plan == self._failed_plan and self._retry_at is not None and now < self._retry_at:
             return ApplyResult("deferred", 0, 0.0, retry_in=self._retry_at - now)
         started = time.perf_counter()
-        state = plan_state(plan)
+        # Objects the compiler handed out unchanged since the committed plan keep their converted
+        # form, and the diff skips them: an apply costs what changed, not the size of the plan.
+        committed = self._committed, self._committed_state
+        state = plan_state(
+            plan, reuse=None if committed[0] is None or committed[1] is None else (committed[0], committed[1])
+        )
         try:
             outcome, commands, fell_back = self._write(plan, state)
         except KernelRejected as exc:

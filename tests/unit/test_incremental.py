@@ -20,6 +20,7 @@ from compiler.incremental import NodeCompiler, PlanDelta, render_delta_json
 from compiler.ir import Chain, NodePlan
 from compiler.model import Pod
 from compiler.plan import build_plan
+from compiler.plandiff import diff_plans, diff_states, plan_state
 from compiler.semantics import Peer, evaluate
 from tests.unit import clustergen
 from tests.unit.planeval import ClusterEval, Packet
@@ -115,6 +116,7 @@ def test_policy_namespace_and_pod_changes_equal_a_full_build(
     )
     compiler = NodeCompiler(current, node=node)
     rng = random.Random(events)
+    state = plan_state(compiler.plan)
     for _ in range(steps):
         before = compiler.plan
         kind = rng.choice(["policy", "policy", "namespace", "pod"])
@@ -130,6 +132,12 @@ def test_policy_namespace_and_pod_changes_equal_a_full_build(
         expected = build_plan(current, node=node)
         assert compiler.plan == expected, kind
         assert apply(before, delta) == as_state(expected), kind
+        # The applier converts only what changed (objects the compiler handed out again are
+        # reused) and diffs only those: the same state and the same transaction as from scratch.
+        fresh, reused = plan_state(compiler.plan), plan_state(compiler.plan, reuse=(before, state))
+        assert reused == fresh
+        assert diff_states(state, reused) == diff_plans(before, compiler.plan)
+        state = reused
 
 
 def _compiler(*pods: Any) -> tuple[NodeCompiler, ClusterModel]:
