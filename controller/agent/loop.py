@@ -196,6 +196,9 @@ class Agent:
         for holds, future in self._waiters:
             if not future.done() and holds(compiled.plan):
                 future.set_result(None)
+        if compiled.review:
+            # After the apply: finding notices reads the whole model, which programming need not wait for.
+            self._post(self.board.update(list(await self._in_worker(self.engine.notices, snapshot))))
 
     async def _apply(self, plan: NodePlan) -> bool:
         """Hand the plan over; whether the kernel holds it now. When it does not (the kernel

@@ -281,8 +281,8 @@ def random_policy_change(
     and the model after it."""
     policies = list(model.policies)
     if policies and rng.random() < 0.3:
-        old = policies.pop(rng.randrange(len(policies)))
-        return old, None, dataclasses.replace(model, policies=_by_key(policies))
+        gone = policies.pop(rng.randrange(len(policies)))
+        return gone, None, dataclasses.replace(model, policies=_by_key(policies))
     fresh = make_policy(rng, rng.randrange(8), list(model.pods))
     old = next((p for p in policies if p.key == fresh.key), None)
     rest = [p for p in policies if p.key != fresh.key]
