@@ -169,7 +169,16 @@ _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=
 
 def list_uids(api: Any, path: str, *, page: int = 500) -> set[str]:
     """UIDs of every object at the collection ``path`` (blocking; paged)."""
-    uids: set[str] = set()
+    return {item["metadata"]["uid"] for item in _list(api, path, accept=_METADATA_LIST, page=page)}
+
+
+def list_objects(api: Any, path: str, *, page: int = 500) -> list[dict[str, Any]]:
+    """Every object at the collection ``path``, as the API's JSON (blocking; paged)."""
+    return _list(api, path, accept="application/json", page=page)
+
+
+def _list(api: Any, path: str, *, accept: str, page: int) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
     token = ""
     while True:
         query = [("limit", str(page))] + ([("continue", token)] if token else [])
@@ -177,7 +186,7 @@ def list_uids(api: Any, path: str, *, page: int = 500) -> set[str]:
             "GET",
             path,
             query_params=query,
-            header_params={"Accept": _METADATA_LIST},
+            header_params={"Accept": accept},
             auth_settings=["BearerToken"],
         )
         response = api.call_api(method, url, header_params=headers, _request_timeout=60)
@@ -185,7 +194,7 @@ def list_uids(api: Any, path: str, *, page: int = 500) -> set[str]:
         if not 200 <= response.status < 300:
             raise RuntimeError(f"listing {path}: {response.status} {response.reason}")
         body = json.loads(response.data)
-        uids |= {item["metadata"]["uid"] for item in body.get("items") or []}
+        items += body.get("items") or []
         token = body.get("metadata", {}).get("continue", "")
         if not token:
-            return uids
+            return items
