@@ -1,7 +1,7 @@
 """kopf wiring: standalone, cluster-wide, watching NetworkPolicy, Pod, Namespace and Node, and
 writing nothing to them.
 
-Only event and index handlers are registered: kopf keeps no handler progress or diff-base for
+Only event handlers are registered: kopf keeps no handler progress or diff-base for
 those, adds no finalizers and patches nothing; the storages are set to ones that cannot write
 anyway (:class:`_NoProgress`, :class:`_NoDiffBase`), posting kopf's own log lines as Events is
 off, and peering is off (``standalone``: one agent per node, none elects another).
@@ -54,7 +54,7 @@ FIRST_RESYNC = 15.0  # seconds after the agent was seeded
 
 
 class _NoProgress(kopf.ProgressStorage):
-    """Handler progress is never stored (event and index handlers have none to store)."""
+    """Handler progress is never stored (event handlers have none to store)."""
 
     def fetch(self, **_: Any) -> None:
         return None
