@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -110,8 +110,9 @@ async def initial_listing(agent: Agent, api: Any) -> None:
     delay = 0.5
     while True:
         try:
+            # Parsed page by page in the thread: the raw JSON of 10,000 pods is never held at once.
             listed = {
-                kind: await loop.run_in_executor(None, kube.list_objects, api, path)
+                kind: await loop.run_in_executor(None, _parsed, api, kind, path)
                 for kind, path in COLLECTIONS.items()
             }
             break
@@ -119,17 +120,23 @@ async def initial_listing(agent: Agent, api: Any) -> None:
             log.warning("initial listing failed, retrying in %.1fs: %s", delay, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
-    agent.seed(_readable(agent, listed))
+    for _, unreadable in listed.values():
+        for notice in unreadable:
+            agent.notice(notice)
+    agent.seed((kind, model) for kind, (models, _) in listed.items() for model in models)
 
 
-def _readable(agent: Agent, listed: Mapping[Kind, list[dict[str, Any]]]) -> Iterator[tuple[Kind, Model]]:
-    for kind, bodies in listed.items():
-        for body in bodies:
+def _parsed(api: Any, kind: Kind, path: str) -> tuple[list[Model], list[Notice]]:
+    models: list[Model] = []
+    unreadable: list[Notice] = []
+    for page in kube.list_pages(api, path):
+        for body in page:
             try:
-                yield kind, parse(kind, body)
+                models.append(parse(kind, body))
             except UnreadableObject as exc:
                 log.error("%s", exc)
-                agent.notice(_unreadable(kind, body, exc))
+                unreadable.append(_unreadable(kind, body, exc))
+    return models, unreadable
 
 
 def registry(agent: Agent, *, api_config: Any | None = None) -> kopf.OperatorRegistry:
@@ -230,6 +237,10 @@ async def _resync_loop(agent: Agent, api: Any, health: kube.ApiHealth) -> None:
             last = time.monotonic()
         except Exception:
             log.exception("resync failed; trying again in a second")
+            continue
+        # The start (two listings of every object, kopf's per-object workers) and a resync leave
+        # freed heap behind; give it back, so the resident size is what the agent holds.
+        kube.release_memory()
 
 
 class Server(Protocol):

@@ -261,7 +261,14 @@ def run(args: argparse.Namespace, ns: str, cp: ControlPlane, workdir: Path) -> N
             raise SystemExit(f"the agent exited: {(workdir / 'agent.log').read_text()[-3000:]}")
         print(f"agent ready in {time.monotonic() - started:.1f} s (first full compile and apply)", flush=True)
         agent = Proc(proc.pid)
-        time.sleep(5)
+        # At rest before measuring: kopf's own listing of every object (seen again, unchanged) and
+        # the agent's first resync (15 s after its seed) come after readiness.
+        time.sleep(20)
+        for _ in range(60):
+            if agent.cpu_over(2.0)[0] < 0.05:
+                break
+        rss, hwm = agent.rss_mib()
+        print(f"settled:    RSS {rss:.0f} MiB (peak so far {hwm:.0f} MiB)", flush=True)
         figures: dict[str, Any] = {}
 
         def verdict_changes(pod: Pod, write: Callable[[], object]) -> Callable[[], float]:

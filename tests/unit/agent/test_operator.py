@@ -19,7 +19,7 @@ LISTED = [node_body("n1"), namespace_body("default"), pod_body("a"), policy_body
 
 
 class ListingApi:
-    """What kube.list_objects reads, served from bodies: a fake of the API client's two calls."""
+    """What kube.list_pages reads, served from bodies: a fake of the API client's two calls."""
 
     def __init__(self, bodies: list[dict[str, Any]], *, failures: int = 0) -> None:
         self.bodies = bodies
