@@ -233,7 +233,9 @@ class Agent:
             if self.applied_plan is None:
                 continue
             try:
-                await self._in_worker(self.applier.check)
+                # Not in the worker: listing a big table must not hold up compiling and applying
+                # (the applier is thread-safe and compares without holding its lock).
+                await asyncio.get_running_loop().run_in_executor(None, self.applier.check)
             except Exception:
                 log.exception("drift check of node %s failed; applying the plan again", self.node)
                 self.coalescer.touch()
