@@ -50,6 +50,7 @@ class Agent:
         max_delay: float | None = None,
         check_interval: float = 30.0,
         watches_healthy: Callable[[], bool] = lambda: True,
+        notice_delay: float = 1.0,
     ) -> None:
         self.node = node
         self.applier = applier
@@ -69,7 +70,9 @@ class Agent:
         self._waiters: list[tuple[Callable[[NodePlan], bool], asyncio.Future[None]]] = []
         self._failures = 0
         self._sandboxes: dict[str, str] = {}  # pod UID -> container ID of the sandbox that reported
+        self.notice_delay = notice_delay
         self._review_next: Snapshot | None = None
+        self._review_due = 0.0
         self._reviewer: asyncio.Task[None] | None = None
 
     # --- readiness -------------------------------------------------------------------------------
@@ -241,16 +244,21 @@ class Agent:
                 self.coalescer.touch()
 
     def _review(self, snapshot: Snapshot) -> None:
-        """Find the notices of ``snapshot`` (a policy or namespace changed) off the worker thread,
-        so programming never waits for it; while one review runs, later ones coalesce into one
-        of the latest snapshot (reading the whole model costs ~0.1 s of CPU at 10,000 pods)."""
+        """Find the notices of ``snapshot`` (a policy or namespace changed) once such changes have
+        stopped for ``notice_delay``, off the worker thread: reading the whole model costs ~0.1 s
+        of CPU at 10,000 pods, which programming the next change must not wait or compete for."""
         self._review_next = snapshot
+        self._review_due = time.monotonic() + self.notice_delay
         if self._reviewer is not None and not self._reviewer.done():
             return
 
         async def review() -> None:
             loop = asyncio.get_running_loop()
             while self._review_next is not None:
+                wait = self._review_due - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
                 latest, self._review_next = self._review_next, None
                 try:
                     found = await loop.run_in_executor(None, self.engine.notices, latest)

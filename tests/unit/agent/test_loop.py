@@ -104,7 +104,9 @@ def run_agent(
 ) -> Harness:
     async def main() -> Harness:
         rec = applier or RecordingApplier()
-        agent = Agent(node=NODE, applier=rec, events=events, debounce=0.01, check_interval=0.05)
+        agent = Agent(
+            node=NODE, applier=rec, events=events, debounce=0.01, check_interval=0.05, notice_delay=0.01
+        )
         harness = Harness(agent, rec)
         initial = seed if seed is not None else [node_body(NODE), namespace_body("default")]
         for body in initial:
