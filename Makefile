@@ -43,3 +43,4 @@ e2e: setup
 
 bench: setup
 	$(PY) tests/bench/compile.py
+	$(PY) tests/bench/agent.py
