@@ -111,6 +111,11 @@ class Coalescer:
         self._pending.add(change, arrived=self._clock() if arrived is None else arrived)
         self._wake.set()
 
+    @property
+    def pending(self) -> bool:
+        """Changes wait for the next batch."""
+        return not self._pending.empty
+
     def touch(self, *, arrived: float | None = None) -> None:
         self._pending.touch(arrived=self._clock() if arrived is None else arrived)
         self._wake.set()

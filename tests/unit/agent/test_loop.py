@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -91,6 +92,14 @@ class Harness:
 
     async def settle(self) -> NodePlan:
         await asyncio.sleep(self.agent.coalescer.window * 5 + 0.05)
+        # On a busy machine a batch may still be compiling: wait until nothing is pending and no
+        # plan came for a while (bounded).
+        count, deadline = -1, time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if not self.agent.coalescer.pending and len(self.applier.plans) == count:
+                break
+            count = len(self.applier.plans)
+            await asyncio.sleep(0.1)
         assert self.applier.plans, "nothing was applied"
         return self.applier.plans[-1]
 
