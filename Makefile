@@ -46,3 +46,4 @@ e2e: setup
 bench: setup
 	$(PY) tests/bench/compile.py
 	$(PY) tests/bench/cni.py
+	$(PY) tests/bench/agent.py

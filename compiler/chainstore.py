@@ -32,6 +32,10 @@ class ChainStore:
         self._specs: dict[str, SetSpec] = {}
         self._elements: dict[str, set[Element]] = {}
         self._set_refs: RefCount[str] = RefCount()
+        # Each set as the plan shows it, built once per change of its elements: a snapshot of a
+        # 10,000-pod plan after one change re-sorts only the sets that change touched, and the
+        # applier recognises the others as the very objects it already wrote.
+        self._plan_sets: dict[str, PlanSet] = {}
 
     @property
     def chains(self) -> Mapping[str, Chain]:
@@ -67,6 +71,7 @@ class ChainStore:
                 if self._set_refs.release(spec.name):
                     del self._specs[spec.name]
                     self._elements.pop(spec.name, None)
+                    self._plan_sets.pop(spec.name, None)
 
     def _acquire_set(self, spec: SetSpec) -> None:
         existing = self._specs.get(spec.name)
@@ -74,6 +79,7 @@ class ChainStore:
             raise InternalError(f"set name collision: {spec.name}")
         if self._set_refs.acquire(spec.name):
             self._specs[spec.name] = spec
+            self._plan_sets.pop(spec.name, None)
             if not isinstance(spec, CidrSetSpec):
                 self._elements[spec.name] = self._selection.elements(spec)
 
@@ -102,6 +108,8 @@ class ChainStore:
         left, added = gone & elements, came - elements
         elements -= left
         elements |= added
+        if left or added:
+            self._plan_sets.pop(name, None)
         return left, added
 
     # --- the plan's view -------------------------------------------------------------------------------
@@ -109,8 +117,12 @@ class ChainStore:
     def plan_set(self, name: str, elements: Iterable[Element] | None = None) -> PlanSet:
         """Set ``name`` as the plan shows it; with ``elements``, holding only those (for deltas)."""
         spec = self._specs[name]
-        chosen = self._elements.get(name, set()) if elements is None else set(elements)
-        return _plan_set(spec, chosen)
+        if elements is not None:
+            return _plan_set(spec, set(elements))
+        cached = self._plan_sets.get(name)
+        if cached is None:
+            cached = self._plan_sets[name] = _plan_set(spec, self._elements.get(name, set()))
+        return cached
 
 
 def sorted_addrs(elements: Iterable[Element]) -> tuple[str, ...]:

@@ -57,6 +57,8 @@ class Dispatch:
     def __init__(self) -> None:
         self._entries: dict[str, LocalEntry] = {}
         self._by_address: dict[str, tuple[Verdict, Verdict]] = {}
+        # The whole maps, sets and local pods as the plan shows them, until the next change.
+        self._cache: dict[tuple[str, Direction | None, Family | None], object] = {}
 
     @property
     def entries(self) -> Mapping[str, LocalEntry]:
@@ -66,6 +68,7 @@ class Dispatch:
         return self._by_address.get(address)
 
     def add(self, uid: str, entry: LocalEntry) -> None:
+        self._cache.clear()
         self._entries[uid] = entry
         verdicts = entry.verdicts()
         for address in entry.addresses:
@@ -74,6 +77,7 @@ class Dispatch:
     def remove(self, uid: str) -> LocalEntry | None:
         entry = self._entries.pop(uid, None)
         if entry is not None:
+            self._cache.clear()
             for address in entry.addresses:
                 self._by_address.pop(address, None)
         return entry
@@ -84,9 +88,16 @@ class Dispatch:
         self, direction: Direction, family: Family, addresses: Iterable[str] | None = None
     ) -> VerdictMap:
         """The dispatch map of ``direction`` and ``family``; with ``addresses``, only their entries."""
-        slot = DIRECTIONS.index(direction)
         if addresses is None:
-            addresses = (a for a in self._by_address if family_of(a) == family)
+            whole = self._cache.get(("map", direction, family))
+            if not isinstance(whole, VerdictMap):
+                whole = self._map(direction, family, (a for a in self._by_address if family_of(a) == family))
+                self._cache[("map", direction, family)] = whole
+            return whole
+        return self._map(direction, family, addresses)
+
+    def _map(self, direction: Direction, family: Family, addresses: Iterable[str]) -> VerdictMap:
+        slot = DIRECTIONS.index(direction)
         ordered = sorted(addresses, key=addr_key)
         entries = tuple(MapEntry(a, self._by_address[a][slot]) for a in ordered)
         return VerdictMap(naming.dispatch_map(direction, family), family, direction, entries)
@@ -94,18 +105,33 @@ class Dispatch:
     def local_set(self, family: Family, addresses: Iterable[str] | None = None) -> AddrSet:
         """The local-pods set of ``family``; with ``addresses``, holding only those (for deltas)."""
         if addresses is None:
-            addresses = (a for a in self._by_address if family_of(a) == family)
+            whole = self._cache.get(("local", None, family))
+            if not isinstance(whole, AddrSet):
+                whole = self.local_set(family, (a for a in self._by_address if family_of(a) == family))
+                self._cache[("local", None, family)] = whole
+            return whole
         ordered = tuple(sorted(addresses, key=addr_key))
         return AddrSet(naming.local_set(family), family, ordered, "addresses of local pods")
 
     def hairpin_set(self, family: Family, addresses: Iterable[str] | None = None) -> SelfPairSet:
         """The hairpin set of ``family``: each local address paired with itself; with
         ``addresses``, holding only their pairs (for deltas)."""
-        local = self.local_set(family, addresses)
-        return SelfPairSet(naming.hairpin_set(family), family, local.elements, "local pods, each to itself")
+        if addresses is None:
+            whole = self._cache.get(("hairpin", None, family))
+            if not isinstance(whole, SelfPairSet):
+                local = self.local_set(family).elements
+                whole = SelfPairSet(naming.hairpin_set(family), family, local, "local pods, each to itself")
+                self._cache[("hairpin", None, family)] = whole
+            return whole
+        some = self.local_set(family, addresses)
+        return SelfPairSet(naming.hairpin_set(family), family, some.elements, "local pods, each to itself")
 
     def local_pods(self) -> tuple[LocalPod, ...]:
-        return tuple(
-            LocalPod(entry.key, entry.addresses, entry.ingress, entry.egress)
-            for _, entry in sorted(self._entries.items(), key=lambda item: (item[1].key, item[0]))
-        )
+        whole = self._cache.get(("pods", None, None))
+        if not isinstance(whole, tuple):
+            whole = tuple(
+                LocalPod(entry.key, entry.addresses, entry.ingress, entry.egress)
+                for _, entry in sorted(self._entries.items(), key=lambda item: (item[1].key, item[0]))
+            )
+            self._cache[("pods", None, None)] = whole
+        return whole

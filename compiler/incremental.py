@@ -8,7 +8,12 @@ A pod that appears, leaves, or changes labels, ports, phase or addresses changes
   content, so that is a new chain added (if no other pod uses it yet) and an unused one removed,
   along with sets only they used. No existing chain is ever rewritten.
 
-Policies, namespaces and nodes changing is not churn: compile the plan again and load it whole.
+A policy that is added, changed or deleted (:meth:`NodeCompiler.update_policy`) refreshes only
+the local pods its old or new version selects: they move to chains named by their new content
+(added, with the peer sets only they use) and the chains nobody uses any more go. A namespace
+whose labels change (:meth:`NodeCompiler.update_namespace`) moves its pods' addresses in or out of
+the peer sets with a namespace selector. A node changing (its podCIDRs: the base chains) is not
+churn: compile the plan again.
 
 The plan :class:`NodeCompiler` keeps after any sequence of updates equals ``build_plan`` of the
 resulting model (tests/unit/test_incremental.py checks it on random changes), and
@@ -22,10 +27,12 @@ from typing import Any
 
 from compiler import naming
 from compiler.cluster import ClusterModel, with_cni_addresses
+from compiler.defects import usable_policy
 from compiler.ir import DIRECTIONS, Chain, MapEntry, NodePlan, PlanSet, VerdictMap
-from compiler.model import Direction, Family, Pod
+from compiler.model import Direction, Family, Namespace, NetworkPolicy, Pod
 from compiler.nodestate import NodeState, StateChange
 from compiler.options import DEFAULT_OPTIONS, CompileOptions
+from compiler.podchains import policy_uid
 from compiler.podindex import addr_key, family_of
 from compiler.render_json import (
     chain_json,
@@ -120,6 +127,35 @@ class NodeCompiler:
         else:
             self._cni.pop(uid, None)
         return self._replace(uid) if uid in self._api else PlanDelta()
+
+    def update_policy(self, old: NetworkPolicy | None, new: NetworkPolicy | None) -> PlanDelta:
+        """Apply one NetworkPolicy event: added (old None), deleted (new None) or changed. Like
+        :meth:`update_pod`, the record replaced is the one under the policy's UID; a policy with
+        defects is compiled as :func:`compiler.defects.usable_policy` makes it."""
+        subject = new if new is not None else old
+        if subject is None:
+            return PlanDelta()
+        uid = policy_uid(subject)
+        if old is not None and new is not None and policy_uid(old) != uid:
+            raise ValueError(
+                f"update_policy: {old.key} changed UID ({policy_uid(old)} -> {uid}): two policies"
+            )
+        if new is None:
+            return self._delta(self._state.replace_policy(uid, None, defects=()))
+        usable, defects = usable_policy(new)
+        return self._delta(self._state.replace_policy(uid, usable, defects=tuple(str(d) for d in defects)))
+
+    def update_namespace(self, old: Namespace | None, new: Namespace | None) -> PlanDelta:
+        """Apply one Namespace event: added (old None), deleted (new None) or relabelled. A deleted
+        namespace is still implied by any pod or policy in it, with only its name label."""
+        subject = new if new is not None else old
+        if subject is None:
+            return PlanDelta()
+        name = subject.metadata.name
+        if old is not None and new is not None and old.metadata.name != name:
+            raise ValueError(f"update_namespace: {old.metadata.name} renamed to {name}: two namespaces")
+        labels = None if new is None else new.effective_labels()
+        return self._delta(self._state.replace_namespace(name, labels))
 
     def _replace(self, uid: str) -> PlanDelta:
         """Make pod ``uid``'s effective form (API object and CNI addresses) the state's, and

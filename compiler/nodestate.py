@@ -2,8 +2,8 @@
 
 One code path builds everything: a full compile creates a state from the model and snapshots
 it (:func:`compiler.plan.build_plan`); the incremental path (:mod:`compiler.incremental`)
-replaces one pod at a time and turns the :class:`StateChange` it gets back into a delta. The
-state is composed of parts with one job each:
+replaces one pod, policy or namespace at a time and turns the :class:`StateChange` it gets back
+into a delta. The state is composed of parts with one job each:
 
 - :class:`~compiler.podindex.PodIndex`: the pods and which one owns each address;
 - :class:`~compiler.podchains.PodChains`: which policies isolate a pod, and its chain;
@@ -24,19 +24,20 @@ from compiler.chainstore import ChainStore
 from compiler.cluster import ClusterModel
 from compiler.dispatch import Dispatch, Dispatched, LocalEntry
 from compiler.ir import DIRECTIONS, FAMILIES, NodePlan
-from compiler.model import Direction, Family, Pod
+from compiler.model import NAMESPACE_NAME_LABEL, Direction, Family, LabelSelector, NetworkPolicy, Pod
 from compiler.options import DEFAULT_OPTIONS, CompileOptions
 from compiler.peersets import Element, Selection, merge_spans
-from compiler.podchains import ChainBuild, PodChains
-from compiler.podindex import PodIndex, pod_addresses
+from compiler.podchains import ChainBuild, PodChains, policy_namespace, policy_uid
+from compiler.podindex import PodIndex, namespace_of, pod_addresses
+from compiler.selectors import matches
 from compiler.snapshot import node_plan
 
 
 @dataclass(frozen=True)
 class StateChange:
-    """What replacing one pod changed: the set and chain names that existed before, the peer
-    set elements that left and came (per set that existed before), and the dispatch of every
-    address whose pod was refreshed, as it was before."""
+    """What replacing one pod, policy or namespace changed: the set and chain names that existed
+    before, the peer set elements that left and came (per set that existed before), and the
+    dispatch of every address whose pod was refreshed, as it was before."""
 
     sets_before: frozenset[str]
     chains_before: frozenset[str]
@@ -49,10 +50,19 @@ class NodeState:
 
     def __init__(self, model: ClusterModel, *, node: str, options: CompileOptions = DEFAULT_OPTIONS) -> None:
         self.node = node
-        notes, self._cidrs = _node_cidrs(model, node)
-        self.notes = (*(str(d) for d in model.policy_defects), *notes)  # rules that match nothing
+        self._node_notes, self._cidrs = _node_cidrs(model, node)
+        self.notes = (*(str(d) for d in model.policy_defects), *self._node_notes)  # rules that match nothing
+        # Per policy UID, its sort key (the agent's model order) and its defects, for the notes.
+        self._defects: dict[str, tuple[tuple[str, str, str], tuple[str, ...]]] = {}
+        by_key: dict[str, list[str]] = {}
+        for d in model.policy_defects:
+            by_key.setdefault(d.policy, []).append(str(d))
+        for policy in model.policies:
+            self._defects[policy_uid(policy)] = (_order(policy), tuple(by_key.pop(policy.key, ())))
+        self._ns_labels = {ns.metadata.name: ns.effective_labels() for ns in model.namespaces}
         self.index = PodIndex(model.pods)
-        self.store = ChainStore(Selection(self.index, model.namespace_labels))
+        self._selection = Selection(self.index, self._namespace_labels)
+        self.store = ChainStore(self._selection)
         self.dispatch = Dispatch()
         self._chains = PodChains(model.policies)
         self._base = base_chains(tuple(f for f in FAMILIES if self._cidrs[f]), options=options)
@@ -84,7 +94,64 @@ class NodeState:
         self.index.remove(key)
         if pod is not None:
             self.index.add(pod)
-        after = self.store.contributions(addresses)
+        elements = self._update_elements(before, self.store.contributions(addresses))
+        owners_after = {self.index.owner.get(a) for a in addresses}
+        dispatch_before = self._refresh(k for k in {key, *owners_before, *owners_after} if k is not None)
+        return StateChange(sets_before, chains_before, elements, dispatch_before)
+
+    def replace_policy(
+        self, uid: str, policy: NetworkPolicy | None, *, defects: tuple[str, ...]
+    ) -> StateChange:
+        """Make ``policy`` (as :func:`compiler.defects.usable_policy` made it usable; None removes
+        it) the policy ``uid``, with the notes of its ``defects``, and refresh the local pods its
+        old or new version selects. Peer sets come and go with the chains that use them; no set
+        that stays changes, since a set's elements depend on its selector, not on the policy."""
+        self._snapshot = None
+        sets_before, chains_before = frozenset(self.store.specs), frozenset(self.store.chains)
+        old = self._chains.replace(uid, policy)
+        affected: set[str] = set()
+        for version in (old, policy):
+            if version is None:
+                continue
+            ns, selector = policy_namespace(version), version.spec.pod_selector
+            affected |= {
+                k
+                for k in self.dispatch.entries
+                if namespace_of(pod := self.index.pods[k]) == ns and matches(selector, pod.metadata.labels)
+            }
+        if policy is None:
+            self._defects.pop(uid, None)
+        else:
+            self._defects[uid] = (_order(policy), defects)
+        ordered = sorted(self._defects.values(), key=lambda item: item[0])
+        self.notes = (*(n for _, notes in ordered for n in notes), *self._node_notes)
+        dispatch_before = self._refresh(affected)
+        return StateChange(sets_before, chains_before, {}, dispatch_before)
+
+    def replace_namespace(self, name: str, labels: Mapping[str, str] | None) -> StateChange:
+        """Give namespace ``name`` these labels (None: it is not declared, and has only its name
+        label), and move its pods' addresses in or out of the peer sets whose namespace selector
+        now decides otherwise. Which policies isolate a pod does not depend on namespace labels."""
+        self._snapshot = None
+        sets_before, chains_before = frozenset(self.store.specs), frozenset(self.store.chains)
+        addresses = {a for k in self.index.select(name, LabelSelector()) for a in self.index.addresses(k)}
+        before = self.store.contributions(addresses)
+        if labels is None:
+            self._ns_labels.pop(name, None)
+        else:
+            self._ns_labels[name] = {**labels, NAMESPACE_NAME_LABEL: name}
+        self._selection.relabelled(name)
+        elements = self._update_elements(before, self.store.contributions(addresses))
+        return StateChange(sets_before, chains_before, elements, {})
+
+    def _namespace_labels(self, name: str) -> Mapping[str, str]:
+        # An undeclared namespace exists as implied by its pods and policies: name label only.
+        return self._ns_labels.get(name) or {NAMESPACE_NAME_LABEL: name}
+
+    def _update_elements(
+        self, before: dict[str, set[Element]], after: dict[str, set[Element]]
+    ) -> dict[str, tuple[set[Element], set[Element]]]:
+        """Move the peer set elements from ``before`` to ``after``; what actually left and came."""
         elements: dict[str, tuple[set[Element], set[Element]]] = {}
         for name in sorted(before.keys() | after.keys()):
             gone = before.get(name, set()) - after.get(name, set())
@@ -93,9 +160,7 @@ class NodeState:
                 left, added = self.store.update_elements(name, gone=gone, came=came)
                 if left or added:
                     elements[name] = (left, added)
-        owners_after = {self.index.owner.get(a) for a in addresses}
-        dispatch_before = self._refresh(k for k in {key, *owners_before, *owners_after} if k is not None)
-        return StateChange(sets_before, chains_before, elements, dispatch_before)
+        return elements
 
     # --- local pods --------------------------------------------------------------------------------
 
@@ -145,6 +210,11 @@ class NodeState:
             if build is not None:
                 builds[build[0].name] = build
         return LocalEntry(pod.key, owned, names["ingress"], names["egress"])
+
+
+def _order(policy: NetworkPolicy) -> tuple[str, str, str]:
+    """Where a policy's notes go: the agent's model lists policies by namespace, name, UID."""
+    return (policy.metadata.namespace or "", policy.metadata.name, policy_uid(policy))
 
 
 def _node_cidrs(

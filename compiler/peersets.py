@@ -223,7 +223,8 @@ def spec_key(spec: SetSpec) -> str:
 
 @dataclass
 class Selection:
-    """Evaluates peers against pods; caches namespace-selector verdicts (namespaces do not churn)."""
+    """Evaluates peers against pods; caches namespace-selector verdicts (namespaces churn rarely:
+    :meth:`relabelled` drops what a namespace's old labels decided)."""
 
     index: PodIndex
     ns_labels: NsLabels
@@ -238,6 +239,11 @@ class Selection:
             hit = matches(peer.namespace_selector, self.ns_labels(namespace))
             self._ns_cache[cache_key] = hit
         return hit
+
+    def relabelled(self, namespace: str) -> None:
+        """``ns_labels`` now answers differently for ``namespace``: forget verdicts about it."""
+        self._ns_cache = {k: v for k, v in self._ns_cache.items() if k[1] != namespace}
+        self._ns_lists.clear()
 
     def admits(self, peer: Peer, pod: Pod, *, address: str) -> bool:
         """Whether ``peer`` matches ``pod`` (the owner of ``address``) seen at ``address``."""

@@ -162,7 +162,12 @@ class Applier:
         if plan == self._failed_plan and self._retry_at is not None and now < self._retry_at:
             return ApplyResult("deferred", 0, 0.0, retry_in=self._retry_at - now)
         started = time.perf_counter()
-        state = plan_state(plan)
+        # Objects the compiler handed out unchanged since the committed plan keep their converted
+        # form, and the diff skips them: an apply costs what changed, not the size of the plan.
+        committed = self._committed, self._committed_state
+        state = plan_state(
+            plan, reuse=None if committed[0] is None or committed[1] is None else (committed[0], committed[1])
+        )
         try:
             outcome, commands, fell_back = self._write(plan, state)
         except KernelRejected as exc:
@@ -239,15 +244,15 @@ class Applier:
         """Retry a pending plan whose backoff has elapsed, then compare the kernel with the
         committed plan and repair what differs. Raises :class:`KernelRejected` when the repair
         is rejected (the next check tries again)."""
+        retried, error = None, ""
         with self._lock:
-            retried, error = None, ""
             if self.pending:
                 try:
                     retried = self._converge()
                 except KernelRejected as exc:
                     error = str(exc)  # logged; the check below still guards the last good plan
-            report = self._check_committed()
-            return dataclasses.replace(report, retried=retried, retry_error=error)
+        report = self._check_committed()
+        return dataclasses.replace(report, retried=retried, retry_error=error)
 
     def _check_after_failure(self) -> None:
         try:
@@ -259,16 +264,28 @@ class Applier:
             log.warning("after a rejected transaction the kernel had drifted; repaired: %s", report.repair)
 
     def _check_committed(self) -> DriftReport:
-        if self._committed is None or self._committed_state is None:
+        # Listing and comparing a 10,000-pod table takes a good part of a second on a busy node:
+        # done without the lock, so applies go on meanwhile. A plan committed in between makes the
+        # comparison moot (the kernel may show either): the next check looks again.
+        with self._lock:
+            committed, state = self._committed, self._committed_state
+        if committed is None or state is None:
             return DriftReport(checked=False)
         listing = self._nft.list_table()
         kernel: KernelTable | None = None if listing is None else read_listing(listing)
         if kernel is None:
             found: tuple[str, ...] = ("table inet stockade: missing",)
         else:
-            found = tuple(kernel.foreign) + differences(kernel.state, self._committed_state)
+            found = tuple(kernel.foreign) + differences(kernel.state, state)
         if not found:
             return DriftReport(checked=True)
+        with self._lock:
+            if self._committed is not committed:
+                return DriftReport(checked=True)
+            return self._repair(kernel, found)
+
+    def _repair(self, kernel: KernelTable | None, found: tuple[str, ...]) -> DriftReport:
+        assert self._committed is not None and self._committed_state is not None
         log.warning("kernel drifted from the plan of node %s: %s", self._committed.node, "; ".join(found))
         repair: Literal["diff", "full"] = "full"
         if kernel is not None and not kernel.foreign:

@@ -5,9 +5,9 @@ oldest change waited ``max_delay`` (a steady stream of changes still reaches the
 window is milliseconds: long enough that a ``kubectl apply`` of many objects, or a Deployment
 scaling up, becomes one apply; short enough to stay inside the programming-latency budget.
 
-Pod changes are merged per UID (the compiler replaces its record of a pod by UID, so only the
-last state matters, and the first ``old`` names it); any policy, namespace or node change makes
-the batch a full compile.
+Pod, policy and namespace changes are merged per UID (the compiler replaces its record of an
+object by UID, so only the last state matters, and the first ``old`` names it); a node change
+makes the batch a full compile.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from controller.agent.store import Change, CniChange, ModelChange, PodChange
+from controller.agent.store import Change, CniChange, ModelChange, NamespaceChange, PodChange, PolicyChange
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ class Batch:
 
     pods: tuple[PodChange, ...] = ()
     cni: tuple[CniChange, ...] = ()
+    policies: tuple[PolicyChange, ...] = ()
+    namespaces: tuple[NamespaceChange, ...] = ()
     rebuild: bool = False
     arrivals: tuple[float, ...] = ()
 
@@ -41,6 +43,8 @@ class Pending:
 
     pods: dict[str, PodChange] = field(default_factory=dict)
     cni: dict[str, CniChange] = field(default_factory=dict)
+    policies: dict[str, PolicyChange] = field(default_factory=dict)
+    namespaces: dict[str, NamespaceChange] = field(default_factory=dict)
     rebuild: bool = False
     arrivals: list[float] = field(default_factory=list)
 
@@ -50,6 +54,16 @@ class Pending:
             self.rebuild = True
         elif isinstance(change, CniChange):
             self.cni[change.uid] = change
+        elif isinstance(change, PolicyChange):
+            was = self.policies.get(change.uid)
+            self.policies[change.uid] = (
+                change if was is None else PolicyChange(change.uid, was.old, change.new)
+            )
+        elif isinstance(change, NamespaceChange):
+            seen = self.namespaces.get(change.uid)
+            self.namespaces[change.uid] = (
+                change if seen is None else NamespaceChange(change.uid, seen.old, change.new)
+            )
         else:
             first = self.pods.get(change.uid)
             self.pods[change.uid] = change if first is None else PodChange(change.uid, first.old, change.new)
@@ -66,10 +80,13 @@ class Pending:
         batch = Batch(
             pods=tuple(self.pods.values()),
             cni=tuple(self.cni.values()),
+            policies=tuple(self.policies.values()),
+            namespaces=tuple(self.namespaces.values()),
             rebuild=self.rebuild,
             arrivals=tuple(self.arrivals),
         )
         self.pods, self.cni, self.rebuild, self.arrivals = {}, {}, False, []
+        self.policies, self.namespaces = {}, {}
         return batch
 
 
@@ -93,6 +110,11 @@ class Coalescer:
     def add(self, change: Change, *, arrived: float | None = None) -> None:
         self._pending.add(change, arrived=self._clock() if arrived is None else arrived)
         self._wake.set()
+
+    @property
+    def pending(self) -> bool:
+        """Changes wait for the next batch."""
+        return not self._pending.empty
 
     def touch(self, *, arrived: float | None = None) -> None:
         self._pending.touch(arrived=self._clock() if arrived is None else arrived)

@@ -19,10 +19,12 @@ ConfigMap of ``kube-system`` (as kubeadm installs it).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import datetime as dt
 import json
 import logging
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,23 +171,50 @@ _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=
 
 def list_uids(api: Any, path: str, *, page: int = 500) -> set[str]:
     """UIDs of every object at the collection ``path`` (blocking; paged)."""
-    uids: set[str] = set()
+    return {item["metadata"]["uid"] for item in _list(api, path, accept=_METADATA_LIST, page=page)}
+
+
+def list_pages(api: Any, path: str, *, page: int = 500) -> Iterator[list[dict[str, Any]]]:
+    """Every object at the collection ``path``, as the API's JSON, a page at a time (blocking)."""
     token = ""
     while True:
-        query = [("limit", str(page))] + ([("continue", token)] if token else [])
-        method, url, headers, _, _ = api.param_serialize(
-            "GET",
-            path,
-            query_params=query,
-            header_params={"Accept": _METADATA_LIST},
-            auth_settings=["BearerToken"],
-        )
-        response = api.call_api(method, url, header_params=headers, _request_timeout=60)
-        response.read()
-        if not 200 <= response.status < 300:
-            raise RuntimeError(f"listing {path}: {response.status} {response.reason}")
-        body = json.loads(response.data)
-        uids |= {item["metadata"]["uid"] for item in body.get("items") or []}
-        token = body.get("metadata", {}).get("continue", "")
+        items, token = _page(api, path, accept="application/json", page=page, token=token)
+        yield items
         if not token:
-            return uids
+            return
+
+
+def _list(api: Any, path: str, *, accept: str, page: int) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    token = ""
+    while True:
+        more, token = _page(api, path, accept=accept, page=page, token=token)
+        items += more
+        if not token:
+            return items
+
+
+def release_memory() -> None:
+    """Return freed heap to the system (glibc's malloc_trim); a no-op where there is none."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.malloc_trim(0)
+
+
+def _page(api: Any, path: str, *, accept: str, page: int, token: str) -> tuple[list[dict[str, Any]], str]:
+    query = [("limit", str(page))] + ([("continue", token)] if token else [])
+    method, url, headers, _, _ = api.param_serialize(
+        "GET",
+        path,
+        query_params=query,
+        header_params={"Accept": accept},
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(method, url, header_params=headers, _request_timeout=60)
+    response.read()
+    if not 200 <= response.status < 300:
+        raise RuntimeError(f"listing {path}: {response.status} {response.reason}")
+    body = json.loads(response.data)
+    return body.get("items") or [], body.get("metadata", {}).get("continue", "")

@@ -1,14 +1,18 @@
 """kopf wiring: standalone, cluster-wide, watching NetworkPolicy, Pod, Namespace and Node, and
 writing nothing to them.
 
-Only event and index handlers are registered: kopf keeps no handler progress or diff-base for
+Only event handlers are registered: kopf keeps no handler progress or diff-base for
 those, adds no finalizers and patches nothing; the storages are set to ones that cannot write
 anyway (:class:`_NoProgress`, :class:`_NoDiffBase`), posting kopf's own log lines as Events is
 off, and peering is off (``standalone``: one agent per node, none elects another).
 
-kopf indexes every object of the four kinds before it calls any event handler, so the first
-event handler call sees the complete initial listing in the indexes: the agent is seeded from
-them then, and only a plan compiled from a complete picture ever reaches the kernel.
+Before kopf starts, the agent lists the four kinds itself and is seeded from that listing
+(:func:`initial_listing`), so only a plan compiled from a complete picture ever reaches the
+kernel; kopf's own listing and watches then bring what changed since (an object seen again
+unchanged is no change). kopf's indexes are not used for this: kopf makes every object's first
+event wait until every object of every indexed kind is indexed, with a wake-up of every waiting
+object per object indexed, which made an agent start take longer than ten minutes at 10,000 pods.
+An object deleted between the two listings is forgotten by the first resync (one soon after start).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -47,10 +51,11 @@ COLLECTIONS: dict[Kind, str] = {
     "Node": "/api/v1/nodes",
 }
 RESYNC_INTERVAL = 300.0  # seconds; also right after the API server answers again after an outage
+FIRST_RESYNC = 15.0  # seconds after the agent was seeded
 
 
 class _NoProgress(kopf.ProgressStorage):
-    """Handler progress is never stored (event and index handlers have none to store)."""
+    """Handler progress is never stored (event handlers have none to store)."""
 
     def fetch(self, **_: Any) -> None:
         return None
@@ -92,10 +97,6 @@ def settings() -> kopf.OperatorSettings:
     return s
 
 
-def index_id(kind: Kind) -> str:
-    return f"stockade_{RESOURCES[kind][1]}"
-
-
 def _unreadable(kind: Kind, body: Any, exc: UnreadableObject) -> Notice:
     meta = body.get("metadata", {})
     ref = ObjectRef(
@@ -104,12 +105,39 @@ def _unreadable(kind: Kind, body: Any, exc: UnreadableObject) -> Notice:
     return Notice(ref, "Unreadable", f"Stockade cannot read this object, so it is ignored: {exc}")
 
 
-def _indexed(indexes: Mapping[str, Any]) -> Iterator[tuple[Kind, Model]]:
-    for kind in RESOURCES:
-        index = indexes[index_id(kind)]
-        for store in index.values():
-            for model in store:
-                yield kind, model
+async def initial_listing(agent: Agent, api: Any) -> None:
+    """Seed the agent with every object of the four kinds (retried until the API answers)."""
+    loop = asyncio.get_running_loop()
+    delay = 0.5
+    while True:
+        try:
+            # Parsed page by page in the thread: the raw JSON of 10,000 pods is never held at once.
+            listed = {
+                kind: await loop.run_in_executor(None, _parsed, api, kind, path)
+                for kind, path in COLLECTIONS.items()
+            }
+            break
+        except Exception as exc:
+            log.warning("initial listing failed, retrying in %.1fs: %s", delay, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+    for _, unreadable in listed.values():
+        for notice in unreadable:
+            agent.notice(notice)
+    agent.seed((kind, model) for kind, (models, _) in listed.items() for model in models)
+
+
+def _parsed(api: Any, kind: Kind, path: str) -> tuple[list[Model], list[Notice]]:
+    models: list[Model] = []
+    unreadable: list[Notice] = []
+    for page in kube.list_pages(api, path):
+        for body in page:
+            try:
+                models.append(parse(kind, body))
+            except UnreadableObject as exc:
+                log.error("%s", exc)
+                unreadable.append(_unreadable(kind, body, exc))
+    return models, unreadable
 
 
 def registry(agent: Agent, *, api_config: Any | None = None) -> kopf.OperatorRegistry:
@@ -127,46 +155,23 @@ def registry(agent: Agent, *, api_config: Any | None = None) -> kopf.OperatorReg
 
 
 def _watch(reg: kopf.OperatorRegistry, agent: Agent, kind: Kind, group_version: str, plural: str) -> None:
-    def index(body: Any, uid: str, **_: Any) -> dict[str, Model] | None:
-        try:
-            return {uid: parse(kind, body)}
-        except UnreadableObject:
-            return None  # the event handler reports it
-
-    kopf.index(group_version, plural, id=index_id(kind), registry=reg)(index)
-
-    async def on_event(event: Any, body: Any, uid: str, **kwargs: Any) -> None:
-        handle_event(agent, kind, event_type=event.get("type"), body=body, uid=uid, indexes=kwargs)
+    async def on_event(event: Any, body: Any, uid: str, **_: Any) -> None:
+        handle_event(agent, kind, event_type=event.get("type"), body=body, uid=uid)
 
     kopf.on.event(group_version, plural, id=f"stockade_{plural}_event", registry=reg)(on_event)
 
 
-def handle_event(
-    agent: Agent,
-    kind: Kind,
-    *,
-    event_type: str | None,
-    body: Any,
-    uid: str,
-    indexes: Mapping[str, Any],
-) -> None:
-    """One watch event (``event_type`` None: from a listing). ``indexes`` are kopf's, by id: the
-    first call seeds the agent from all of them (kopf calls no event handler before every kind
-    is listed and indexed), and the object itself is taken from its kind's index (parsed once)."""
+def handle_event(agent: Agent, kind: Kind, *, event_type: str | None, body: Any, uid: str) -> None:
+    """One watch event (``event_type`` None: from a listing), after the agent was seeded."""
     arrived = time.monotonic()
-    if not agent.synced.is_set():
-        agent.seed(_indexed(indexes))
     deleted = event_type == "DELETED"
     obj: Model | None = None
     if not deleted:
-        found = indexes[index_id(kind)].get(uid)
-        obj = next(iter(found), None) if found is not None else None
-        if obj is None:  # the index handler could not read it: say why
-            try:
-                obj = parse(kind, body)
-            except UnreadableObject as exc:
-                log.error("%s", exc)
-                agent.notice(_unreadable(kind, body, exc))
+        try:
+            obj = parse(kind, body)
+        except UnreadableObject as exc:  # absent for the compiler; say why
+            log.error("%s", exc)
+            agent.notice(_unreadable(kind, body, exc))
     agent.observe(kind, obj, uid=uid, deleted=deleted, arrived=arrived)
 
 
@@ -216,7 +221,9 @@ async def resync(agent: Agent, api: Any) -> int:
 
 async def _resync_loop(agent: Agent, api: Any, health: kube.ApiHealth) -> None:
     await agent.synced.wait()
-    last = time.monotonic()
+    # The first resync comes soon: it forgets what was deleted between the agent's own initial
+    # listing and kopf's (kopf's listing shows what exists, not what went).
+    last = time.monotonic() - RESYNC_INTERVAL + FIRST_RESYNC
     was_healthy = True
     while True:
         await asyncio.sleep(1.0)
@@ -232,6 +239,10 @@ async def _resync_loop(agent: Agent, api: Any, health: kube.ApiHealth) -> None:
             last = time.monotonic()
         except Exception:
             log.exception("resync failed; trying again in a second")
+            continue
+        # The start (two listings of every object, kopf's per-object workers) and a resync leave
+        # freed heap behind; give it back, so the resident size is what the agent holds.
+        kube.release_memory()
 
 
 class Server(Protocol):
@@ -286,6 +297,7 @@ async def run(
         tasks.append(asyncio.create_task(overlay.run(), name="stockade overlay"))
     log.info("agent for node %s: endpoints on %s:%d", options.node, *options.listen)
     try:
+        await initial_listing(agent, api)
         await kopf.operator(
             registry=registry(agent, api_config=cfg),
             settings=settings(),

@@ -1,8 +1,9 @@
 """The agent's picture of the cluster: every watched object by UID, and what each event changes.
 
 An event is reduced to a :class:`Change` the compile understands: pod churn (the pod before and
-after, for :meth:`compiler.incremental.NodeCompiler.update_pod`), a CNI report, or a change of a
-policy, namespace or node (the plan is compiled again). An event that changes nothing the
+after, for :meth:`compiler.incremental.NodeCompiler.update_pod`), a CNI report, a policy or a
+namespace before and after (``update_policy``, ``update_namespace``), or a change of a node (the
+plan is compiled again). An event that changes nothing the
 compiler reads (a pod's conditions, a node's heartbeat, a re-listed object) is no change.
 
 Objects are keyed by UID, so a late DELETE of an object's previous incarnation (a StatefulSet pod
@@ -33,14 +34,41 @@ class CniChange:
 
 
 @dataclass(frozen=True)
+class PolicyChange:
+    uid: str
+    old: NetworkPolicy | None
+    new: NetworkPolicy | None
+
+
+@dataclass(frozen=True)
+class NamespaceChange:
+    uid: str
+    old: Namespace | None
+    new: Namespace | None
+
+
+@dataclass(frozen=True)
 class ModelChange:
-    """A policy, namespace or node changed: only a full compile is right."""
+    """A node changed (its podCIDRs shape the base chains): only a full compile is right."""
 
     kind: Kind
     uid: str
 
 
-Change = PodChange | CniChange | ModelChange
+Change = PodChange | CniChange | PolicyChange | NamespaceChange | ModelChange
+
+
+def _change(kind: Kind, uid: str, old: Model | None, new: Model | None) -> Change:
+    if kind == "Pod":
+        assert isinstance(old, Pod | None) and isinstance(new, Pod | None)
+        return PodChange(uid, old, new)
+    if kind == "NetworkPolicy":
+        assert isinstance(old, NetworkPolicy | None) and isinstance(new, NetworkPolicy | None)
+        return PolicyChange(uid, old, new)
+    if kind == "Namespace":
+        assert isinstance(old, Namespace | None) and isinstance(new, Namespace | None)
+        return NamespaceChange(uid, old, new)
+    return ModelChange(kind, uid)
 
 
 def _by_name(obj: Namespace | Node) -> str:
@@ -81,21 +109,16 @@ class Store:
         if old == obj:
             return None
         table[uid] = obj
-        if kind == "Pod":
-            assert isinstance(obj, Pod) and (old is None or isinstance(old, Pod))
-            return PodChange(uid, old, obj)
-        return ModelChange(kind, uid)
+        return _change(kind, uid, old, obj)
 
     def delete(self, kind: Kind, uid: str) -> Change | None:
         old = self._table(kind).pop(uid, None)
         if old is None:
             return None
         if kind == "Pod":
-            assert isinstance(old, Pod)
             # The sandbox is gone with the pod; a report for this UID no longer counts.
             self.cni.pop(uid, None)
-            return PodChange(uid, old, None)
-        return ModelChange(kind, uid)
+        return _change(kind, uid, old, None)
 
     def report_cni(self, uid: str, addresses: tuple[str, ...]) -> Change | None:
         """The CNI plugin's addresses for pod ``uid`` (empty: its sandbox is gone)."""

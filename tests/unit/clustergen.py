@@ -269,6 +269,40 @@ def random_change(rng: random.Random, model: ClusterModel) -> tuple[Pod | None, 
     return old, new, dataclasses.replace(model, pods=rest + ((new,) if new is not None else ()))
 
 
+def _by_key(policies: list[NetworkPolicy]) -> tuple[NetworkPolicy, ...]:
+    # The agent's model lists policies by namespace and name.
+    return tuple(sorted(policies, key=lambda p: (p.metadata.namespace or "", p.metadata.name)))
+
+
+def random_policy_change(
+    rng: random.Random, model: ClusterModel
+) -> tuple[NetworkPolicy | None, NetworkPolicy | None, ClusterModel]:
+    """One NetworkPolicy event (a new policy, an edit under the same namespace/name, a delete)
+    and the model after it."""
+    policies = list(model.policies)
+    if policies and rng.random() < 0.3:
+        gone = policies.pop(rng.randrange(len(policies)))
+        return gone, None, dataclasses.replace(model, policies=_by_key(policies))
+    fresh = make_policy(rng, rng.randrange(8), list(model.pods))
+    old = next((p for p in policies if p.key == fresh.key), None)
+    rest = [p for p in policies if p.key != fresh.key]
+    return old, fresh, dataclasses.replace(model, policies=_by_key([*rest, fresh]))
+
+
+def random_namespace_change(
+    rng: random.Random, model: ClusterModel
+) -> tuple[Namespace | None, Namespace | None, ClusterModel]:
+    """One Namespace event (relabelled, deleted, or declared, also the undeclared "w" that new
+    pods may use) and the model after it."""
+    name = rng.choice((*NAMESPACES, "w"))
+    old = next((ns for ns in model.namespaces if ns.metadata.name == name), None)
+    new: Namespace | None = None
+    if old is None or rng.random() < 0.8:
+        new = Namespace.model_validate({"metadata": {"name": name, "labels": _labels(rng, NS_LABELS)}})
+    rest = tuple(ns for ns in model.namespaces if ns.metadata.name != name)
+    return old, new, dataclasses.replace(model, namespaces=rest + ((new,) if new is not None else ()))
+
+
 PAIR_KINDS = ("unrelated", "pods", "policies", "namespaces", "node")
 
 

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from compiler.model import ObjectMeta, Pod
+from compiler.model import LabelSelector, NetworkPolicy, NetworkPolicySpec, ObjectMeta, Pod
 from controller.agent.debounce import Coalescer, Pending, due_in
-from controller.agent.store import CniChange, ModelChange, PodChange
+from controller.agent.store import Change, CniChange, ModelChange, PodChange, PolicyChange
 
 
 @pytest.mark.parametrize(
@@ -45,16 +45,31 @@ def test_pod_changes_merge_per_uid_first_old_last_new() -> None:
     assert pending.empty
 
 
+def _policy(name: str) -> NetworkPolicy:
+    meta = ObjectMeta(name=name, namespace="d", uid="p")
+    return NetworkPolicy(metadata=meta, spec=NetworkPolicySpec(pod_selector=LabelSelector()))
+
+
+def test_policy_changes_merge_per_uid_first_old_last_new() -> None:
+    pending = Pending()
+    p1, p2 = _policy("one"), _policy("two")
+    pending.add(PolicyChange("p", None, p1), arrived=1.0)
+    pending.add(PolicyChange("p", p1, p2), arrived=2.0)
+    batch = pending.take()
+    assert [(c.uid, c.old, c.new) for c in batch.policies] == [("p", None, p2)]
+    assert not batch.rebuild
+
+
 @pytest.mark.parametrize(
     ("changes", "rebuild"),
     [
         ([CniChange("a", ("10.0.0.1",))], False),
-        ([ModelChange("NetworkPolicy", "p")], True),
+        ([PolicyChange("p", None, _policy("one"))], False),
         ([CniChange("a", ()), ModelChange("Node", "n")], True),
     ],
-    ids=["cni-only", "policy", "cni-and-node"],
+    ids=["cni-only", "policy-is-incremental", "cni-and-node"],
 )
-def test_model_changes_make_a_full_compile(changes: list[CniChange | ModelChange], rebuild: bool) -> None:
+def test_node_changes_make_a_full_compile(changes: list[Change], rebuild: bool) -> None:
     pending = Pending()
     for change in changes:
         pending.add(change, arrived=0.0)

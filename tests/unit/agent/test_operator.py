@@ -1,32 +1,58 @@
-"""controller.agent.operator.handle_event: seeding from kopf's indexes, one event at a time, and
+"""controller.agent.operator: seeding from the agent's own initial listing, events one at a time, and
 objects the model cannot read (kopf itself is exercised by tests/cluster/test_agent.py)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from controller.agent.loop import Agent
-from controller.agent.objects import Kind, parse
-from controller.agent.operator import RESOURCES, handle_event, index_id
+from controller.agent.operator import COLLECTIONS, RESOURCES, handle_event, initial_listing
 from tests.unit.agent.bodies import namespace_body, node_body, pod_body, policy_body
 from tests.unit.agent.test_loop import RecordingApplier, RecordingEvents
 
 LISTED = [node_body("n1"), namespace_body("default"), pod_body("a"), policy_body("p")]
 
 
-def indexes(bodies: list[dict[str, Any]]) -> dict[str, dict[str, list[Any]]]:
-    """As kopf's indexes: id -> {uid: [the parsed object]}."""
-    out: dict[str, dict[str, list[Any]]] = {index_id(kind): {} for kind in RESOURCES}
-    for body in bodies:
-        kind: Kind = body["kind"]
-        out[index_id(kind)][body["metadata"]["uid"]] = [parse(kind, body)]
-    return out
+class ListingApi:
+    """What kube.list_pages reads, served from bodies: a fake of the API client's two calls."""
+
+    def __init__(self, bodies: list[dict[str, Any]], *, failures: int = 0) -> None:
+        self.bodies = bodies
+        self.failures = failures
+
+    def param_serialize(
+        self, method: str, path: str, **_: Any
+    ) -> tuple[str, str, dict[str, str], None, None]:
+        return method, path, {}, None, None
+
+    def call_api(self, method: str, url: str, **_: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("the API server is not answering")
+        items = [b for b in self.bodies if COLLECTIONS[b["kind"]] == url]
+        return SimpleNamespace(read=lambda: None, status=200, reason="OK", data=json.dumps({"items": items}))
 
 
-def test_the_first_event_seeds_the_agent_from_every_index() -> None:
-    agent = Agent(node="n1", applier=RecordingApplier())
-    handle_event(agent, "Pod", event_type=None, body=LISTED[2], uid="uid-default-a", indexes=indexes(LISTED))
+def seeded(
+    bodies: list[dict[str, Any]], *, failures: int = 0, events: RecordingEvents | None = None
+) -> Agent:
+    async def scenario() -> Agent:
+        agent = Agent(node="n1", applier=RecordingApplier(), events=events)
+        await initial_listing(agent, ListingApi(bodies, failures=failures))
+        await asyncio.sleep(0.05)  # posting runs in a thread
+        return agent
+
+    return asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("failures", [0, 2], ids=["api-up", "api-down-at-first"])
+def test_the_initial_listing_seeds_the_agent_with_every_kind(failures: int) -> None:
+    agent = seeded(LISTED, failures=failures)
     assert agent.synced.is_set()
     assert {k: agent.known(k) for k in RESOURCES} == {
         "NetworkPolicy": {"uid-np-default-p"},
@@ -36,12 +62,20 @@ def test_the_first_event_seeds_the_agent_from_every_index() -> None:
     }
 
 
-def test_deleted() -> None:
-    agent = Agent(node="n1", applier=RecordingApplier())
-    index = indexes(LISTED)
-    handle_event(agent, "Pod", event_type=None, body=LISTED[2], uid="uid-default-a", indexes=index)
-    del index[index_id("Pod")]["uid-default-a"]
-    handle_event(agent, "Pod", event_type="DELETED", body=LISTED[2], uid="uid-default-a", indexes=index)
+def test_an_unreadable_listed_object_is_absent_and_an_event_says_why() -> None:
+    events = RecordingEvents()
+    bad = policy_body("future", spec={"podSelector": {}, "futureField": 1})
+    agent = seeded([*LISTED, bad], events=events)
+    assert agent.known("NetworkPolicy") == {"uid-np-default-p"}
+    assert [(n.reason, n.ref.name) for n in events.posted] == [("Unreadable", "future")]
+
+
+def test_events_after_the_seed() -> None:
+    agent = seeded(LISTED)
+    before = agent.store.pods["uid-default-a"]
+    handle_event(agent, "Pod", event_type=None, body=LISTED[2], uid="uid-default-a")  # kopf's listing
+    assert agent.store.pods["uid-default-a"] is before  # seen again unchanged: no change
+    handle_event(agent, "Pod", event_type="DELETED", body=LISTED[2], uid="uid-default-a")
     assert agent.known("Pod") == set()
 
 
@@ -51,10 +85,8 @@ def test_an_unreadable_object_is_absent_and_an_event_says_why() -> None:
 
     async def scenario() -> Agent:
         agent = Agent(node="n1", applier=RecordingApplier(), events=events)
-        index = indexes(LISTED)  # the index handler could not read `bad`: it is not indexed
-        handle_event(
-            agent, "NetworkPolicy", event_type="ADDED", body=bad, uid="uid-np-default-future", indexes=index
-        )
+        await initial_listing(agent, ListingApi(LISTED))
+        handle_event(agent, "NetworkPolicy", event_type="ADDED", body=bad, uid="uid-np-default-future")
         await asyncio.sleep(0.05)  # posting runs in a thread
         return agent
 

@@ -9,7 +9,7 @@ import pytest
 
 from compiler.model import Pod
 from controller.agent.objects import Kind, parse
-from controller.agent.store import CniChange, ModelChange, PodChange, Store
+from controller.agent.store import CniChange, ModelChange, NamespaceChange, PodChange, PolicyChange, Store
 from tests.unit.agent.bodies import namespace_body, node_body, pod_body, policy_body
 
 
@@ -33,6 +33,11 @@ def run(events: list[Ev]) -> tuple[Store, list[str]]:
             before = "none" if change.old is None else ",".join(change.old.ips()) or "noip"
             after = "none" if change.new is None else ",".join(change.new.ips()) or "noip"
             out.append(f"pod {uid} {before}>{after}")
+        elif isinstance(change, PolicyChange | NamespaceChange):
+            kind = "policy" if isinstance(change, PolicyChange) else "namespace"
+            before = "none" if change.old is None else change.old.metadata.name
+            after = "none" if change.new is None else change.new.metadata.name
+            out.append(f"{kind} {before}>{after}")
         elif isinstance(change, ModelChange):
             out.append(f"model {change.kind}")
         else:
@@ -73,11 +78,11 @@ CASES = {
             Ev("NetworkPolicy", policy_body("p", spec={"podSelector": {}, "policyTypes": ["Egress"]})),
             Ev("NetworkPolicy", policy_body("p"), deleted=True),
         ],
-        ["model NetworkPolicy", "model NetworkPolicy", "model NetworkPolicy"],
+        ["policy none>p", "policy p>p", "policy p>none"],
     ),
     "namespace-relabel": (
         [Ev("Namespace", namespace_body("x")), Ev("Namespace", namespace_body("x", labels={"team": "a"}))],
-        ["model Namespace", "model Namespace"],
+        ["namespace none>x", "namespace x>x"],
     ),
     "node-heartbeat-is-no-change": (
         [Ev("Node", node_body("n1")), Ev("Node", node_body("n1", heartbeat="t1"))],
