@@ -40,8 +40,16 @@ PRIVATE_TMPFS = (
     # containerd makes pod network namespace files here; they stay inside the node.
     "/run/netns",
 )
-# Per-node directories bound over the CNI locations a CNI vendor's installer writes to.
+# Per-node directories bound over the CNI locations a CNI vendor's installer writes to, and over
+# Stockade's host paths (the chart's defaults: state and IPAM, the agent's CNI socket, the plugin's
+# Python runtime), which on a real host are the node's own: without the binds every node of the lab
+# would share one IPAM directory and one CNI socket.
 CNI_BINDS = {"/etc/cni/net.d": "cni-net.d", "/opt/cni/bin": "cni-bin"}
+STOCKADE_BINDS = {
+    "/var/lib/stockade": "stockade-state",
+    "/run/stockade": "stockade-run",
+    "/opt/stockade": "stockade-runtime",
+}
 
 
 # --- cgroups ---------------------------------------------------------------------------------------
@@ -109,7 +117,7 @@ def mount_script(node_dir: Path, ready: Path) -> str:
     lines = ["set -e"]
     for path in PRIVATE_TMPFS:
         lines.append(f"mkdir -p {path}; mount -t tmpfs -o mode=0755 tmpfs {path}")
-    for path, sub in CNI_BINDS.items():
+    for path, sub in (CNI_BINDS | STOCKADE_BINDS).items():
         src = node_dir / sub
         lines.append(f"mkdir -p {path} {src}; mount --bind {src} {path}")
     lines.append(f"touch {shlex.quote(str(ready))}")
@@ -161,6 +169,10 @@ state = "/run/containerd"
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ["/opt/cni/bin"]
     conf_dir = "/etc/cni/net.d"
+    # containerd brings up each pod's lo itself instead of calling a `loopback` plugin: the
+    # node's CNI dirs hold only what the installed CNI (the lab's DaemonSet or Stockade's chart)
+    # put there, and stockade-cni does not ship a loopback plugin.
+    use_internal_loopback = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
