@@ -22,21 +22,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from pyroute2 import IPRoute
 
-from tests.cluster.chart import CHART, REPO, tool
+from tests.cluster.chart import REPO
 from tests.cluster.conftest import running_lab
 from tests.cluster.lab import Lab
 from tests.cluster.lab.config import STOCKADE_CNI_IMAGES
 from tests.cluster.lab.nodes import TEST_POD_IMAGE
 from tests.cluster.lab.workloads import apply, endpoints, pods, wait_gone, wait_pods, wait_proxied
+from tests.cluster.release import RELEASE, install, installed, uninstall, write_values
 from tests.support.probe import Family, PodEndpoint, Prober, ProbeRequest
 
 pytestmark = pytest.mark.cluster
 
-RELEASE = "stk"
-NAMESPACE = "kube-system"
 APP_NS = "chartapp"
 CONFLIST = "10-stockade.conflist"
 # How long a policy change may take from `kubectl apply` to a changed probe outcome (the agent's
@@ -53,17 +51,6 @@ def rlab() -> Iterator[Lab]:
     assert built.returncode == 0, f"tests/images/build.sh stockade: {built.stderr[-2000:]}"
     name = "chart" + os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
     yield from running_lab(Lab.create(name=name, nodes=2, images=STOCKADE_CNI_IMAGES, cni="stockade"))
-
-
-def _helm(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(tool("helm")), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=400,
-        env=dict(os.environ, KUBECONFIG=str(lab.cfg.kubeconfig)),
-    )
 
 
 def _nft(netns: str, *args: str) -> subprocess.CompletedProcess[str]:
@@ -86,38 +73,14 @@ class Release:
     ready_seconds: float  # from `helm install` to the DaemonSet and every node Ready
 
 
-def _daemonset_ready(lab: Lab) -> bool:
-    ds = lab.kube.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{RELEASE}-stockade")
-    status = ds.get("status", {})
-    return status.get("desiredNumberScheduled") == lab.cfg.nodes == status.get("numberReady")
-
-
-def _agent_logs(lab: Lab) -> str:
-    out = lab.kubectl(
-        "logs", "-n", NAMESPACE, "-l", "app.kubernetes.io/component=agent", "--tail=30", "--prefix",
-        check=False,
-    )  # fmt: skip
-    return out.stdout + out.stderr
-
-
 @pytest.fixture(scope="module")
 def release(rlab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
-    values = tmp_path_factory.mktemp("chart") / "values.yaml"
-    values.write_text(
-        yaml.safe_dump({"image": {"pullPolicy": "Never"}, "uninstall": {"timeoutSeconds": 180}})
-    )
-    started = time.monotonic()
-    out = _helm(rlab, "install", RELEASE, str(CHART), "-n", NAMESPACE, "-f", str(values))
-    assert out.returncode == 0, out.stderr
+    values = write_values(rlab, str(tmp_path_factory.mktemp("chart") / "values.yaml"))
     try:
-        deadline = time.monotonic() + 240
-        while not (_daemonset_ready(rlab) and all(rlab._node_ready(n.name) for n in rlab.cfg.all_nodes)):
-            assert time.monotonic() < deadline, f"DaemonSet or nodes not Ready; agents:\n{_agent_logs(rlab)}"
-            time.sleep(0.5)
-        yield Release(ready_seconds=time.monotonic() - started)
+        yield Release(ready_seconds=install(rlab, values))
     finally:
-        if _helm(rlab, "status", RELEASE, "-n", NAMESPACE).returncode == 0:
-            _helm(rlab, "uninstall", RELEASE, "-n", NAMESPACE, "--no-hooks")
+        if installed(rlab):
+            uninstall(rlab, hooks=False)
 
 
 def test_helm_install_makes_the_daemonset_and_every_node_ready(rlab: Lab, release: Release) -> None:
@@ -202,7 +165,7 @@ def app(rlab: Lab, release: Release) -> Iterator[App]:
         ips = wait_proxied(rlab, APP_NS, "server")
         yield App(prober=Prober(eps), by_name={e.name: e for e in eps}, service_ips=ips)
     finally:
-        rlab.kubectl("delete", "namespace", APP_NS, "--wait=false", check=False)
+        rlab.kubectl("delete", "namespace", APP_NS, "--ignore-not-found", "--wait=false", check=False)
         wait_gone(rlab, APP_NS, "", timeout=120)
 
 
@@ -282,14 +245,15 @@ def test_policy_applied_with_kubectl_is_enforced_live(rlab: Lab, app: App, famil
 
 def test_helm_uninstall_cleans_every_node(rlab: Lab, release: Release, tmp_path: Path) -> None:
     nodes = rlab.cfg.all_nodes
-    wait_gone(rlab, APP_NS, "", timeout=120)  # no pod left for the plugin to delete afterwards
+    # No pod left for the plugin to delete once it is gone (their DELs go through stockade-cni).
+    rlab.kubectl("delete", "namespace", APP_NS, "--ignore-not-found", "--wait=false")
+    wait_gone(rlab, APP_NS, "", timeout=120)
     for node in nodes:
         # The agent does not drive the overlay yet: give each node the device it will make.
         if "stockade.vx" not in _links(node.netns):
             with IPRoute(netns=node.netns) as ipr:
                 ipr.link("add", ifname="stockade.vx", kind="vxlan", vxlan_id=4242, vxlan_port=4789)
-    out = _helm(rlab, "uninstall", RELEASE, "-n", NAMESPACE, "--wait", "--timeout", "5m")
-    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    uninstall(rlab)
 
     for node in nodes:
         assert "inet stockade" not in _nft(node.netns, "list", "tables").stdout, node.name

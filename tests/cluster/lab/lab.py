@@ -314,14 +314,21 @@ class Lab:
         self.rec.phase = "up"
         self._save()
 
+    def nodes_ready(self) -> bool:
+        """Every node Ready (kubelet reports Ready once a CNI config is in place)."""
+        return all(self._node_ready(n.name) for n in self.cfg.all_nodes)
+
     def wait_nodes_ready(self, *, timeout: float = 240.0) -> None:
-        """Until every node is Ready (kubelet reports Ready once a CNI config is in place)."""
-        wait_for(
-            "nodes to be Ready",
-            lambda: all(self._node_ready(n.name) for n in self.cfg.all_nodes),
-            timeout=timeout,
-            alive=self._check_alive,
-        )
+        wait_for("nodes to be Ready", self.nodes_ready, timeout=timeout, alive=self._check_alive)
+
+    def import_images(self, names: tuple[str, ...]) -> None:
+        """More tests/images archives into every node's containerd of a running lab (all at once)."""
+        if self.bin_dir is None:
+            raise LabError("lab has no tools dir (not started?)")
+        tools = nodes.NodeTools.find(self.bin_dir, names)
+        socks = [realnode.containerd_socket(self.node_dir(n.name)) for n in self.cfg.all_nodes]
+        with ThreadPoolExecutor(max_workers=len(socks)) as pool:
+            list(pool.map(tools.import_images, socks))
 
     def _start_nodes(self, tools: nodes.NodeTools, *, timeout: float) -> None:
         """containerd and kubelet per node, each in its node's network, mount and cgroup space."""
