@@ -310,7 +310,8 @@ class Lab:
             timeout=timeout,
             alive=self._check_alive,
         )
-        self._step("nodes ready", t)
+        # With cni="stockade" the nodes are not Ready yet: the step ends with kube-proxy synced.
+        self._step("nodes ready" if cfg.cni == "lab" else "kube-proxy synced", t)
         self.rec.phase = "up"
         self._save()
 
