@@ -6,7 +6,8 @@ a private mount namespace, held open by a small holder process started with `uns
 --propagation private`: tmpfs over those paths and per-node bind mounts of `/etc/cni/net.d` and
 `/opt/cni/bin` and of Stockade's host paths (STOCKADE_BINDS). Nothing of it reaches the host's
 mount table, and it goes when its last process goes. containerd and kubelet are started with
-`nsenter --net=… --mount=…` (not `ip netns exec`, which remounts /sys and would hide the cgroup v1 mounts kubelet needs).
+`nsenter --net=… --mount=…` (not `ip netns exec`, which remounts /sys and would hide the cgroup v1
+mounts kubelet needs).
 
 Settings forced by this host (see tests/cluster/README.md): cgroups are hybrid (controllers in
 v1 hierarchies), so kubelet runs with `failCgroupV1: false` and `cgroupDriver: cgroupfs` under
