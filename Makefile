@@ -35,7 +35,8 @@ cluster: setup
 demo: setup
 	$(PY) -m tests.cluster.demo
 
-# The upstream NetworkPolicy e2e specs against a lab; JUnit in tests/e2e-results/.
+# The upstream NetworkPolicy e2e specs against Stockade helm-installed in a lab (setup builds its
+# image); JUnit in tests/e2e-results/.
 # `make e2e E2E_ARGS=--quick` runs a representative subset (tests/cluster/README.md).
 E2E_ARGS ?=
 e2e: setup

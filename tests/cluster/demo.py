@@ -1,13 +1,17 @@
-"""The demo (`make demo`): a two-node lab (real kubelet and containerd per node), the shop from
+"""The demo (`make demo`): a two-node lab (real kubelet and containerd per node), Stockade installed
+into it with `helm install` (the chart's image built by tests/images), the shop from
 examples/demo/ running as containers, its connectivity measured with real packets from inside the
 pods before and after its NetworkPolicies, and `stockade explain` on two pairs.
 
     python -m tests.cluster.demo [--keep] [--attach NAME]
 
-Until the Stockade agent runs in the lab, the policies are enforced the way the agent will do
-it, by hand: the live cluster's objects are compiled with `stockade compile --node N` and each
-node's ruleset is loaded into that node's network namespace with `nft -f`. The measured matrix
-is then checked against Stockade's reference semantics; any difference fails the demo.
+The lab starts with no CNI of its own: the chart's init containers install stockade-cni on every
+node, which makes the nodes Ready and attaches the pods (the agent programs each new pod before
+its first packet). The policies are applied with `kubectl apply` and enforced live by the agents;
+the demo prints the time from `kubectl apply` to the first blocked probe, then checks the measured
+matrix against Stockade's reference semantics; any difference fails the demo. `--attach` to a lab
+with its own CNI installs the chart with `cni.install=false` (the agents enforce on the lab's
+pods) and uninstalls it afterwards.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from compiler.loader import load_manifests
 from compiler.semantics import Peer, evaluate
 from tests.support.probe import Family, PodEndpoint, Prober, ProbeRequest, render_comparison, render_matrix
 
+from . import release
 from .lab import Lab, LabError
+from .lab.config import STOCKADE_CNI_IMAGES
 from .lab.underlay import in_netns
 from .lab.workloads import apply, endpoints, wait_pods
 
@@ -37,6 +43,9 @@ Pair = tuple[str, str]
 # Time the rulesets are in place before readiness is checked: kubelet marks a pod unready after 3
 # failed probes, one per second here.
 PROBE_WINDOW = 5.0
+# The pair whose probe times the policies' arrival in the kernel (the policies block it).
+TIMED_PAIR = ("visitor1", "api1")
+ENFORCE_WITHIN = 30.0
 
 
 @dataclass(frozen=True)
@@ -146,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             "1. start a two-node lab (etcd, kube-apiserver, controller manager, scheduler; "
             "kubelet, containerd, kube-proxy per node)"
         )
-        lab = Lab.create(name="demo", nodes=2)
+        lab = Lab.create(name="demo", nodes=2, images=STOCKADE_CNI_IMAGES, cni="stockade")
         try:
+            run(["bash", str(REPO / "tests/images/build.sh"), release.IMAGE], show=False)
             lab.up()
         except LabError as exc:
             say(f"demo failed: {exc}")
@@ -175,15 +185,42 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def undo(lab: Lab) -> None:
-    """Leave an attached lab as the demo found it: no Stockade tables, no demo namespaces."""
-    for node in lab.cfg.all_nodes:
-        subprocess.run(
-            in_netns(node.netns, ["nft", "delete", "table", "inet", "stockade"]),
-            capture_output=True,
-            check=False,
-        )
+    """Leave an attached lab as the demo found it: no demo namespaces, Stockade uninstalled (its
+    pre-delete hook removes table inet stockade from every node)."""
     lab.kubectl("delete", "-f", str(DEMO / "app.yaml"), "--ignore-not-found", "--wait=true", "--timeout=120s")
-    say("demo objects and rulesets removed from the lab")
+    if release.installed(lab):
+        release.uninstall(lab)
+    say("demo objects removed and Stockade uninstalled from the lab")
+
+
+def install(lab: Lab) -> None:
+    values = release.write_values(lab, str(lab.cfg.dir / "stockade-values.yaml"))
+    say(f"$ helm install {release.RELEASE} charts/stockade -n {release.NAMESPACE} -f {values}")
+    seconds = release.install(lab, values)
+    how = (
+        "stockade-cni installed on every node by the chart" if lab.cfg.cni == "stockade" else "the lab's CNI"
+    )
+    say(f"agents Ready on {lab.cfg.nodes} nodes and nodes Ready ({how}) {seconds:.1f}s after helm install")
+
+
+def time_enforcement(lab: Lab, pods: list[DemoPod], manifest: str) -> float:
+    """`kubectl apply`, then seconds until the first probe of TIMED_PAIR that is blocked (sent after
+    the agents put the policies into the kernel: an upper bound of apply-to-enforced)."""
+    by_alias = {p.alias: p for p in pods}
+    src, dst = (by_alias[a] for a in TIMED_PAIR)
+    assert dst.port is not None
+    fast = Prober([src.endpoint, dst.endpoint], timeout=0.2, confirm_timeout=0.3)
+    request = ProbeRequest(src=src.alias, dst=dst.alias, protocol="TCP", port=dst.port)
+    started = time.monotonic()
+    say(apply(lab, manifest).rstrip())
+    while True:
+        sent = time.monotonic()
+        if not fast.probe([request])[0].reachable:
+            return sent - started
+        if sent - started > ENFORCE_WITHIN:
+            raise LabError(
+                f"{src.alias} -> {dst.alias} still reachable {ENFORCE_WITHIN:.0f}s after kubectl apply"
+            )
 
 
 def _demo(lab: Lab, started: float) -> int:
@@ -191,42 +228,36 @@ def _demo(lab: Lab, started: float) -> int:
         if line.startswith(("  node ", "lab ")):
             say(line)
 
-    heading("2. deploy the shop: examples/demo/app.yaml")
+    heading("2. install Stockade with helm")
+    install(lab)
+
+    heading("3. deploy the shop: examples/demo/app.yaml")
     say(apply(lab, (DEMO / "app.yaml").read_text()).rstrip())
     pods = demo_pods(lab)
     say(legend(pods))
 
-    heading("3. measured connectivity without policies (TCP to each pod's port; . reached, X blocked)")
+    heading("4. measured connectivity without policies (TCP to each pod's port; . reached, X blocked)")
     names = [p.alias for p in pods]
     before = measure(pods, 4)
     say(render_matrix(before, names=names, title="IPv4"))
 
-    heading("4. apply the NetworkPolicies: examples/demo/policies.yaml")
-    say(apply(lab, (DEMO / "policies.yaml").read_text()).rstrip())
+    heading("5. apply the NetworkPolicies with kubectl: examples/demo/policies.yaml")
+    say(f"$ kubectl apply -f {DEMO.relative_to(REPO) / 'policies.yaml'}")
+    enforced = time_enforcement(lab, pods, (DEMO / "policies.yaml").read_text())
+    loaded_at = time.monotonic()
+    say(
+        f"enforced by the agents {enforced * 1000:.0f} ms after kubectl apply "
+        f"(first blocked probe {TIMED_PAIR[0]} -> {TIMED_PAIR[1]})"
+    )
+    for node in lab.cfg.all_nodes:
+        rules = run(in_netns(node.netns, ["nft", "list", "table", "inet", "stockade"]), show=False)
+        say(f"  {node.name}: table inet stockade programmed by its agent, {rules.count(' counter ')} rules")
     work = lab.cfg.dir / "demo"
     work.mkdir(exist_ok=True)
     dump = lab.kubectl("get", "namespaces,pods,networkpolicies,nodes", "-A", "-o", "yaml").stdout
     (work / "cluster.yaml").write_text(dump)
-    say(f"$ kubectl get namespaces,pods,networkpolicies,nodes -A -o yaml > {work / 'cluster.yaml'}")
-    for node in lab.cfg.all_nodes:
-        ruleset = work / f"{node.name}.nft"
-        run(
-            [
-                str(STOCKADE),
-                "compile",
-                str(work / "cluster.yaml"),
-                "--node",
-                node.name,
-                "--output-file",
-                str(ruleset),
-            ]
-        )
-        run(in_netns(node.netns, ["nft", "-f", str(ruleset)]))
-        rules = run(in_netns(node.netns, ["nft", "list", "table", "inet", "stockade"]), show=False)
-        say(f"  {node.name}: table inet stockade loaded, {rules.count(' counter ')} rules with counters")
-    loaded_at = time.monotonic()
 
-    heading("5. measured connectivity with the policies, against Stockade's reference semantics")
+    heading("6. measured connectivity with the policies, against Stockade's reference semantics")
     failed = False
     families: tuple[Family, ...] = (4, 6)
     for family in families:
@@ -249,7 +280,8 @@ def _demo(lab: Lab, started: float) -> int:
     else:
         say("kubelet readiness probes from the nodes pass under the policies: every serving pod is Ready")
 
-    heading("6. stockade explain: why one pair is blocked and another allowed")
+    say(f"$ kubectl get namespaces,pods,networkpolicies,nodes -A -o yaml > {work / 'cluster.yaml'}")
+    heading("7. stockade explain: why one pair is blocked and another allowed")
     by_alias = {p.alias: p for p in pods}
     for src, dst in (("visitor1", "api1"), ("web1", "api2")):
         s, d = by_alias[src], by_alias[dst]

@@ -1,11 +1,14 @@
 """`make e2e`: the upstream NetworkPolicy e2e specs, unchanged, against a real-node lab.
 
-    python -m tests.cluster.e2e [--attach NAME] [--keep] [--quick]
+    python -m tests.cluster.e2e [--attach NAME] [--keep] [--quick] [--enforcer stockade|none]
 
 Runs `e2e.test` (built from k8s.io/kubernetes v1.37.2 by tests/tools/build.sh) with
 `--ginkgo.focus` on the sig-network Netpol specs and the skip list below, writes a JUnit report
 to tests/e2e-results/junit.xml and prints one summary line. Without `--attach` it starts a real-node
 lab named `e2e` (and removes it afterwards unless `--keep`). `--quick` runs only the QUICK subset.
+`--enforcer stockade` (the default) runs the suite against Stockade installed with `helm install`
+(`release.py`; a lab it starts has no other CNI, so `stockade-cni` attaches every pod; an attached
+lab gets the release unless it has one); `--enforcer none` runs it against the lab's plain CNI.
 Exit status: the suite's.
 """
 
@@ -20,8 +23,9 @@ import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from tests.cluster import release
 from tests.cluster.lab import Lab, LabError
-from tests.cluster.lab.config import LAB_IMAGES
+from tests.cluster.lab.config import LAB_IMAGES, STOCKADE_CNI_IMAGES
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "tests" / "e2e-results"
@@ -97,16 +101,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the lab it started running")
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="only a representative subset (QUICK)")
+    parser.add_argument(
+        "--enforcer",
+        choices=("stockade", "none"),
+        default="stockade",
+        help="stockade: helm install the chart first (default); none: the lab's CNI alone",
+    )
     args = parser.parse_args(argv)
+    stockade = args.enforcer == "stockade"
     started = time.monotonic()
     if args.attach:
         lab, own = Lab.load(args.attach), False
         if "agnhost" not in lab.cfg.images:
             raise LabError(f"lab {args.attach} has no agnhost image (start it with `up --image agnhost`)")
     else:
-        lab, own = Lab.create(name="e2e", nodes=args.nodes, images=(*LAB_IMAGES, "agnhost")), True
+        base = STOCKADE_CNI_IMAGES if stockade else LAB_IMAGES
+        lab = Lab.create(
+            name="e2e", nodes=args.nodes, images=(*base, "agnhost"), cni="stockade" if stockade else "lab"
+        )
+        own = True
         lab.up()
     try:
+        if stockade and not release.installed(lab):
+            values = release.write_values(lab, str(lab.cfg.dir / "stockade-values.yaml"))
+            print(f"Stockade installed with helm, Ready in {release.install(lab, values):.1f}s", flush=True)
         RESULTS.mkdir(parents=True, exist_ok=True)
         junit = RESULTS / "junit.xml"
         junit.unlink(missing_ok=True)

@@ -1,63 +1,61 @@
-"""`helm install` and `helm uninstall` of the chart on the lab's real nodes (kubelet + containerd,
-the image built by tests/images and imported into every node): the uninstall hook really runs, in
-the cluster, on every node, and leaves each node clean.
+"""Stockade installed with `helm install` on the lab's real nodes (kubelet + containerd, the chart's
+image built by tests/images and imported into every node) enforces policy in the running cluster.
 
-Until the agent and stockade-cni are in the image, the agent containers exit at once (crash loop)
-and the CNI config stays the lab's (`cni.install=false`); what is proven here is the uninstall
-path: each node is given what Stockade leaves on a node (table inet stockade, the VXLAN device,
-the conflist and plugin in the node's own CNI dirs, state), then `helm uninstall` must remove all
-of it from every node, touch nothing else (the lab's own conflist), and leave no object behind.
-State and run dirs are per-test host paths: the lab's nodes share the host's /var/lib and /run.
+The lab starts with no CNI config at all (`cni="stockade"`): the nodes turn Ready only once the
+chart's init containers have put stockade-cni and its conflist on them. Then: pods get addresses
+from their node's podCIDRs through stockade-cni (which asks the agent over its socket); a
+NetworkPolicy applied with `kubectl apply` is enforced live, same node, across nodes (the lab's
+underlay routes podCIDRs between nodes; the overlay is not driven by the agent yet) and through a
+Service's ClusterIP, on IPv4 and IPv6, and lifted again on delete; `helm uninstall` leaves every
+node clean. The lab binds per-node directories over the chart's host paths (realnode.STOCKADE_BINDS),
+so each node has its own IPAM state, CNI socket and plugin runtime, as real hosts do.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
-import shutil
 import subprocess
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 from pyroute2 import IPRoute
 
-from tests.cluster.chart import CHART, REPO, tool
+from tests.cluster.chart import REPO
 from tests.cluster.conftest import running_lab
 from tests.cluster.lab import Lab
-from tests.cluster.lab.config import LAB_IMAGES
+from tests.cluster.lab.config import STOCKADE_CNI_IMAGES
+from tests.cluster.lab.nodes import TEST_POD_IMAGE
+from tests.cluster.lab.workloads import apply, endpoints, pods, wait_gone, wait_pods, wait_proxied
+from tests.cluster.release import RELEASE, install, installed, uninstall, write_values
+from tests.support.probe import Family, PodEndpoint, Prober, ProbeRequest
 
-RELEASE = "stk"
-TABLE = "table inet stockade { chain forward { type filter hook forward priority 0; policy accept; }; }"
+pytestmark = pytest.mark.cluster
+
+APP_NS = "chartapp"
+CONFLIST = "10-stockade.conflist"
+# How long a policy change may take from `kubectl apply` to a changed probe outcome (the agent's
+# debounce is 10 ms; the rest is the watch, the compile and one nft transaction on a loaded host).
+ENFORCE_WITHIN = 20.0
 
 
 @pytest.fixture(scope="module")
 def rlab() -> Iterator[Lab]:
-    # The chart's image (cached: relinked in a second when built before), imported into every node
-    # next to the lab's own images.
+    # The chart's image (cached: relinked in a second when built before), imported into every node.
     built = subprocess.run(
         ["bash", str(REPO / "tests/images/build.sh"), "stockade"], capture_output=True, text=True, check=False
     )
     assert built.returncode == 0, f"tests/images/build.sh stockade: {built.stderr[-2000:]}"
     name = "chart" + os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
-    yield from running_lab(Lab.create(name=name, nodes=2, images=(*LAB_IMAGES, "stockade")))
+    yield from running_lab(Lab.create(name=name, nodes=2, images=STOCKADE_CNI_IMAGES, cni="stockade"))
 
 
-def _helm(lab: Lab, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(tool("helm")), *args],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=400,
-        env=dict(os.environ, KUBECONFIG=str(lab.cfg.kubeconfig)),
-    )
-
-
-def _nft(netns: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def _nft(netns: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["nsenter", f"--net=/run/netns/{netns}", "nft", *args],
-        input=stdin,
         capture_output=True,
         text=True,
         check=False,
@@ -70,65 +68,205 @@ def _links(netns: str) -> set[str]:
         return {str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
 
 
-def test_helm_uninstall_cleans_every_real_node(rlab: Lab, tmp_path: Path) -> None:
-    state, run = (
-        Path(f"/var/lib/stockade-charttest-{os.getpid()}"),
-        Path(f"/run/stockade-charttest-{os.getpid()}"),
-    )
-    runtime = Path(f"/opt/stockade-charttest-{os.getpid()}")
-    values = {
-        "image": {"pullPolicy": "Never"},
-        "cni": {"install": False, "runtimeDir": str(runtime)},
-        "hostPaths": {"state": str(state), "run": str(run)},
-        "uninstall": {"timeoutSeconds": 180},
-    }
-    (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
-    nodes = rlab.cfg.all_nodes
+@dataclass(frozen=True)
+class Release:
+    ready_seconds: float  # from `helm install` to the DaemonSet and every node Ready
+
+
+@pytest.fixture(scope="module")
+def release(rlab: Lab, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
+    values = write_values(rlab, str(tmp_path_factory.mktemp("chart") / "values.yaml"))
     try:
-        for node in nodes:
-            assert _nft(node.netns, "-f", "-", stdin=TABLE).returncode == 0
+        yield Release(ready_seconds=install(rlab, values))
+    finally:
+        if installed(rlab):
+            uninstall(rlab, hooks=False)
+
+
+def test_helm_install_makes_the_daemonset_and_every_node_ready(rlab: Lab, release: Release) -> None:
+    print(f"helm install -> DaemonSet and nodes Ready: {release.ready_seconds:.1f}s")
+    for node in rlab.cfg.all_nodes:
+        # Stockade's conflist is the node's only CNI config: the node is Ready through it alone.
+        assert sorted(p.name for p in (rlab.node_dir(node.name) / "cni-net.d").iterdir()) == [CONFLIST]
+        assert (rlab.node_dir(node.name) / "cni-bin" / "stockade-cni").exists(), node.name
+        assert "table inet stockade" in _nft(node.netns, "list", "tables").stdout, node.name
+
+
+# --- the workload: two servers (one per node), a friend and a stranger on node-1 ----------------
+
+AGENT_ARGS = '[--control, /tmp/agent.sock, --tcp, "8080"]'
+
+
+def _pod(name: str, node: str, role: str) -> str:
+    return f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {APP_NS}, labels: {{role: {role}}}}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {node}}}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: agent
+    image: {TEST_POD_IMAGE}
+    imagePullPolicy: Never
+    args: {AGENT_ARGS}
+    ports: [{{containerPort: 8080, protocol: TCP}}]
+    # kubelet's probe goes from the node to the pod: Stockade lets the node reach its pods.
+    startupProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1, failureThreshold: 60}}
+    readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}
+"""
+
+
+APP = "\n---\n".join(
+    [
+        f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {APP_NS}}}\n",
+        _pod("server-1", "node-1", "server"),
+        _pod("server-2", "node-2", "server"),
+        _pod("friend", "node-1", "friend"),
+        _pod("stranger", "node-1", "stranger"),
+        f"""
+apiVersion: v1
+kind: Service
+metadata: {{name: server, namespace: {APP_NS}}}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  selector: {{role: server}}
+  ports: [{{name: tcp, port: 80, targetPort: 8080, protocol: TCP}}]
+""",
+    ]
+)
+
+POLICY = f"""
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: servers-from-friends, namespace: {APP_NS}}}
+spec:
+  podSelector: {{matchLabels: {{role: server}}}}
+  policyTypes: [Ingress]
+  ingress:
+  - from: [{{podSelector: {{matchLabels: {{role: friend}}}}}}]
+    ports: [{{port: 8080, protocol: TCP}}]
+"""
+
+
+@dataclass(frozen=True)
+class App:
+    prober: Prober
+    by_name: dict[str, PodEndpoint]
+    service_ips: list[str]
+
+
+@pytest.fixture(scope="module")
+def app(rlab: Lab, release: Release) -> Iterator[App]:
+    apply(rlab, APP)
+    try:
+        ready = wait_pods(rlab, APP_NS, "", count=4, timeout=180)
+        eps = endpoints(rlab, ready)
+        ips = wait_proxied(rlab, APP_NS, "server")
+        yield App(prober=Prober(eps), by_name={e.name: e for e in eps}, service_ips=ips)
+    finally:
+        rlab.kubectl("delete", "namespace", APP_NS, "--ignore-not-found", "--wait=false", check=False)
+        wait_gone(rlab, APP_NS, "", timeout=120)
+
+
+def test_pods_get_addresses_from_their_nodes_pod_cidrs_through_stockade_cni(rlab: Lab, app: App) -> None:
+    cidrs: dict[str, list[str]] = rlab.rec.info["pod_cidrs"]
+    for pod in pods(rlab, APP_NS):
+        node = pod["spec"]["nodeName"]
+        nets = [ipaddress.ip_network(c) for c in cidrs[node]]
+        ips = [ipaddress.ip_address(i["ip"]) for i in pod["status"]["podIPs"]]
+        assert sorted(ip.version for ip in ips) == [4, 6], pod["metadata"]["name"]
+        assert all(any(ip in net for net in nets) for ip in ips), (pod["metadata"]["name"], ips, cidrs[node])
+    for node in rlab.cfg.all_nodes:
+        # The host side of every pod's veth carries Stockade's prefix (what the rules scope to).
+        count = sum(1 for p in pods(rlab, APP_NS) if p["spec"]["nodeName"] == node.name)
+        assert len([n for n in _links(node.netns) if n.startswith("stk")]) == count, node.name
+        ipam = rlab.node_dir(node.name) / "stockade-state" / "ipam"
+        assert ipam.is_dir(), f"{node.name}: no IPAM state in its own /var/lib/stockade"
+
+
+def _requests(app: App, src: str, family: Family) -> dict[str, ProbeRequest]:
+    """What `src` probes: each server by pod IP (same node and across nodes) and the Service."""
+    out = {
+        dst: ProbeRequest(src=src, dst=dst, protocol="TCP", port=8080, family=family)
+        for dst in ("chartapp/server-1", "chartapp/server-2")
+    }
+    ip = next(i for i in app.service_ips if (":" in i) == (family == 6))
+    out["service"] = ProbeRequest(
+        src=src, dst="chartapp/server-1", protocol="TCP", port=80, family=family, dst_address=ip
+    )
+    return out
+
+
+def _outcomes(app: App, family: Family) -> dict[tuple[str, str], bool]:
+    reqs = {
+        (src, dst): r
+        for src in ("friend", "stranger")
+        for dst, r in _requests(app, f"{APP_NS}/{src}", family).items()
+    }
+    results = app.prober.probe(list(reqs.values()))
+    return {key: res.reachable for key, res in zip(reqs, results, strict=True)}
+
+
+def _until(app: App, family: Family, *, stranger: bool, since: float) -> float:
+    """Seconds from `since` (before kubectl ran) to the first probe of server-1 (same node) by the
+    stranger whose outcome is `stranger` (reachable or not): the probe was sent after the change
+    reached the kernel, so this bounds the apply-to-enforced latency from above."""
+    req = _requests(app, f"{APP_NS}/stranger", family)["chartapp/server-1"]
+    fast = Prober(list(app.by_name.values()), timeout=0.2, confirm_timeout=0.3)
+    while True:
+        sent = time.monotonic()
+        if fast.probe([req])[0].reachable == stranger:
+            return sent - since
+        assert time.monotonic() - since < ENFORCE_WITHIN, f"not enforced within {ENFORCE_WITHIN}s"
+
+
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
+def test_policy_applied_with_kubectl_is_enforced_live(rlab: Lab, app: App, family: Family) -> None:
+    every = {
+        (s, d): True
+        for s in ("friend", "stranger")
+        for d in ("chartapp/server-1", "chartapp/server-2", "service")
+    }
+    assert _outcomes(app, family) == every, "before the policy everything is reachable"
+
+    started = time.monotonic()
+    apply(rlab, POLICY)
+    blocked = _until(app, family, stranger=False, since=started)
+    print(f"IPv{family}: kubectl apply -> stranger blocked: {blocked * 1000:.0f} ms")
+    want = every | {("stranger", d): False for d in ("chartapp/server-1", "chartapp/server-2", "service")}
+    assert _outcomes(app, family) == want
+
+    started = time.monotonic()
+    rlab.kubectl("delete", "-n", APP_NS, "networkpolicy", "servers-from-friends")
+    lifted = _until(app, family, stranger=True, since=started)
+    print(f"IPv{family}: kubectl delete -> stranger allowed again: {lifted * 1000:.0f} ms")
+    assert _outcomes(app, family) == every
+
+
+def test_helm_uninstall_cleans_every_node(rlab: Lab, release: Release, tmp_path: Path) -> None:
+    nodes = rlab.cfg.all_nodes
+    # No pod left for the plugin to delete once it is gone (their DELs go through stockade-cni).
+    rlab.kubectl("delete", "namespace", APP_NS, "--ignore-not-found", "--wait=false")
+    wait_gone(rlab, APP_NS, "", timeout=120)
+    for node in nodes:
+        # The agent does not drive the overlay yet: give each node the device it will make.
+        if "stockade.vx" not in _links(node.netns):
             with IPRoute(netns=node.netns) as ipr:
                 ipr.link("add", ifname="stockade.vx", kind="vxlan", vxlan_id=4242, vxlan_port=4789)
-            node_dir = rlab.node_dir(node.name)
-            (node_dir / "cni-bin" / "stockade-cni").write_text("#!/bin/sh\nexit 1\n")
-            (node_dir / "cni-net.d" / "10-stockade.conflist").write_text("{}")
-        (state / "ipam").mkdir(parents=True)
-        (state / "ipam" / "10.244.1.9").write_text("c eth0")
-        (run).mkdir(parents=True, exist_ok=True)
-        (run / "cni.sock").write_text("")
-        (runtime / "rt-0123456789ab").mkdir(parents=True)
-        (runtime / "python").write_text("#!/bin/sh\n")
+    uninstall(rlab)
 
-        out = _helm(
-            rlab, "install", RELEASE, str(CHART), "-n", "kube-system", "-f", str(tmp_path / "values.yaml")
-        )
-        assert out.returncode == 0, out.stderr
-        out = _helm(rlab, "uninstall", RELEASE, "-n", "kube-system", "--wait", "--timeout", "5m")
-        assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
-
-        for node in nodes:
-            assert "inet stockade" not in _nft(node.netns, "list", "tables").stdout, node.name
-            assert "stockade.vx" not in _links(node.netns), node.name
-            node_dir = rlab.node_dir(node.name)
-            assert not (node_dir / "cni-bin" / "stockade-cni").exists(), node.name
-            assert not (node_dir / "cni-net.d" / "10-stockade.conflist").exists(), node.name
-            assert (node_dir / "cni-net.d" / "10-stockade-lab.conflist").exists(), (
-                "the lab's CNI config is not Stockade's"
-            )
-        assert list(state.iterdir()) == [] and list(run.iterdir()) == [] and list(runtime.iterdir()) == []
-        left = rlab.kubectl(
-            "get", "daemonsets,jobs,serviceaccounts,roles,rolebindings,configmaps,pods", "-A",
-            "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name",
-        ).stdout  # fmt: skip
-        assert left == ""
-        assert "stk-stockade" not in rlab.kubectl("get", "clusterroles", "-o", "name").stdout
-    finally:
-        _helm(rlab, "uninstall", RELEASE, "-n", "kube-system", "--no-hooks")
-        for node in nodes:
-            _nft(node.netns, "delete", "table", "inet", "stockade")
-            with IPRoute(netns=node.netns) as ipr:
-                for index in ipr.link_lookup(ifname="stockade.vx"):
-                    ipr.link("del", index=index)
-        shutil.rmtree(state, ignore_errors=True)
-        shutil.rmtree(run, ignore_errors=True)
-        shutil.rmtree(runtime, ignore_errors=True)
+    for node in nodes:
+        assert "inet stockade" not in _nft(node.netns, "list", "tables").stdout, node.name
+        assert "stockade.vx" not in _links(node.netns), node.name
+        node_dir = rlab.node_dir(node.name)
+        assert not (node_dir / "cni-bin" / "stockade-cni").exists(), node.name
+        assert list((node_dir / "cni-net.d").iterdir()) == [], node.name
+        for sub in ("stockade-state", "stockade-run", "stockade-runtime"):
+            assert list((node_dir / sub).iterdir()) == [], f"{node.name}: {sub} not emptied"
+    left = rlab.kubectl(
+        "get", "daemonsets,jobs,serviceaccounts,roles,rolebindings,configmaps,pods", "-A",
+        "-l", f"app.kubernetes.io/instance={RELEASE}", "-o", "name",
+    ).stdout  # fmt: skip
+    assert left == ""
+    assert "stk-stockade" not in rlab.kubectl("get", "clusterroles", "-o", "name").stdout

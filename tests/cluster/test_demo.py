@@ -1,7 +1,9 @@
-"""`make demo` on the session's lab: the policies of examples/demo/, compiled per node and loaded
-into the nodes, give exactly the connectivity Stockade's reference semantics predicts (IPv4 and
-IPv6, measured with real packets from inside the pods), kubelet's readiness probes still pass,
-and examples/demo/README.md shows what the demo prints."""
+"""`make demo` on the session's lab: Stockade installed with `helm install` (on this lab, whose pods
+use the lab's own CNI, with `cni.install=false`), the policies of examples/demo/ applied with
+`kubectl apply` and enforced by the agents, give exactly the connectivity Stockade's reference
+semantics predicts (IPv4 and IPv6, measured with real packets from inside the pods), kubelet's
+readiness probes still pass, examples/demo/README.md shows what the demo prints, and the demo
+uninstalls Stockade afterwards (the uninstall hook removes every node's table)."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ def test_demo_matches_the_reference_semantics(lab: Lab, capsys: pytest.CaptureFi
     assert "IPv4: measured = expected" in out and "IPv6: measured = expected" in out, out
     # kubelet's readiness probes (node to pod) pass Stockade's rules, default-deny included.
     assert "every serving pod is Ready" in out, out
+    assert re.search(r"^enforced by the agents \d+ ms after kubectl apply", out, re.M), out
     assert re.search(r"^BLOCKED  visitors/visitor-\S+ -> backend/api-\S+  TCP/9090", out, re.M), out
     assert re.search(r"^ALLOWED  frontend/web-\S+ -> backend/api-\S+  TCP/9090", out, re.M), out
     # The README's matrix is the demo's real output.

@@ -15,19 +15,23 @@ import sys
 import threading
 import time
 
-from .config import DEFAULT_ROOT, LAB_IMAGES
+from .config import DEFAULT_ROOT, LAB_IMAGES, STOCKADE_CNI_IMAGES
 from .lab import Lab
 from .preflight import LabError
 from .state import alive
 
 
 def _up(args: argparse.Namespace) -> int:
+    # With --cni stockade the nodes need the chart's image, not the lab's CNI installer.
+    base = STOCKADE_CNI_IMAGES if args.cni == "stockade" else LAB_IMAGES
+    images = (*base, *(i for i in args.image if i not in base))
     lab = Lab.create(
         name=args.name,
         nodes=args.nodes,
         proxy_mode=args.proxy_mode,
         root=DEFAULT_ROOT,
-        images=(*LAB_IMAGES, *(i for i in args.image if i not in LAB_IMAGES)),
+        images=images,
+        cni=args.cni,
     )
     stop = threading.Event()
 
@@ -81,6 +85,13 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--nodes", type=int, default=2)
             p.add_argument("--proxy-mode", choices=("nftables", "iptables"), default="nftables")
             p.add_argument("--detach", action="store_true", help="return once the lab is up")
+            p.add_argument(
+                "--cni",
+                choices=("lab", "stockade"),
+                default="lab",
+                help="lab: the lab's ptp CNI DaemonSet makes the nodes Ready; stockade: no CNI config "
+                "until the Stockade chart is installed (nodes stay NotReady until then)",
+            )
             p.add_argument(
                 "--image",
                 action="append",

@@ -25,6 +25,10 @@ from pathlib import Path
 from typing import Literal
 
 ProxyMode = Literal["nftables", "iptables"]
+# Who writes the nodes' CNI config: "lab", the lab's own DaemonSet (Debian ptp + host-local,
+# manifests/cni-installer.yaml); "stockade", nobody until the Stockade chart is installed (its init
+# container writes stockade-cni's conflist), so the nodes stay NotReady until then.
+CniMode = Literal["lab", "stockade"]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 
@@ -36,6 +40,8 @@ DEFAULT_ROOT = Path(os.environ.get("STOCKADE_LAB_ROOT", "/run/stockade-lab"))
 # start (the test pod and CNI installer are python rootfs of ~180 MB), so `make e2e`'s agnhost is
 # imported only by labs that ask for it.
 LAB_IMAGES = ("pause", "testpod", "cni-installer")
+# A lab whose CNI is Stockade's (cni="stockade") imports the chart's image instead of the installer.
+STOCKADE_CNI_IMAGES = ("pause", "testpod", "stockade")
 CLUSTER_CIDRS = ("10.244.0.0/16", "fd5c:ade2::/56")
 SERVICE_CIDRS = ("10.96.0.0/16", "fd5c:ade3::/112")
 NODE_MASK_V4 = 24
@@ -70,6 +76,7 @@ class LabConfig:
     root: Path = field(default=DEFAULT_ROOT)
     # Image archives (tests/images names) imported into every node's containerd at start.
     images: tuple[str, ...] = LAB_IMAGES
+    cni: CniMode = "lab"
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):

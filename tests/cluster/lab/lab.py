@@ -14,6 +14,7 @@ one that is still running. Any failure during `up` tears down what was made and 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from . import controlplane, nodes, proxy, realnode
-from .config import APISERVER_PORT, DEFAULT_ROOT, LAB_IMAGES, LabConfig, ProxyMode, collisions
+from .config import APISERVER_PORT, DEFAULT_ROOT, LAB_IMAGES, CniMode, LabConfig, ProxyMode, collisions
 from .kube import ApiError, Credentials, Kube, Obj
 from .pki import PKI
 from .preflight import LabError, choose_slot, host_prefixes, tools_bin, wait_for
@@ -57,10 +58,13 @@ class Lab:
         proxy_mode: ProxyMode = "nftables",
         root: Path = DEFAULT_ROOT,
         images: tuple[str, ...] = LAB_IMAGES,
+        cni: CniMode = "lab",
     ) -> Lab:
         """A lab not started yet; its slot is chosen when `up` runs (after crash clean-up).
-        `images`: the archives of tests/images to import into every node."""
-        return cls(LabConfig(name=name, nodes=nodes, proxy_mode=proxy_mode, root=root, images=images))
+        `images`: the archives of tests/images to import into every node; `cni`: see CniMode."""
+        return cls(
+            LabConfig(name=name, nodes=nodes, proxy_mode=proxy_mode, root=root, images=images, cni=cni)
+        )
 
     @classmethod
     def load(cls, name: str, *, root: Path = DEFAULT_ROOT) -> Lab:
@@ -78,6 +82,7 @@ class Lab:
                 slot=rec.slot,
                 root=root,
                 images=tuple(rec.info.get("images", LAB_IMAGES)),
+                cni="stockade" if rec.info.get("cni") == "stockade" else "lab",
             ),
             bin_dir=Path(rec.info["bin_dir"]) if rec.info.get("bin_dir") else None,
         )
@@ -203,14 +208,7 @@ class Lab:
         slots.acquire()
         try:
             slot = choose_slot(self.cfg.root, self.cfg.name, prefixes)
-            self.cfg = cfg = LabConfig(
-                name=self.cfg.name,
-                nodes=self.cfg.nodes,
-                proxy_mode=self.cfg.proxy_mode,
-                slot=slot,
-                root=self.cfg.root,
-                images=self.cfg.images,
-            )
+            self.cfg = cfg = dataclasses.replace(self.cfg, slot=slot)
             if clash := collisions(cfg, prefixes):
                 raise LabError("address ranges collide with the host: " + "; ".join(clash))
             cfg.dir.mkdir(parents=True)
@@ -220,7 +218,12 @@ class Lab:
                 nodes=cfg.nodes,
                 proxy_mode=cfg.proxy_mode,
                 owner_pid=os.getpid(),
-                info={"bin_dir": str(bin_dir), "node_tools": str(tools.bin_dir), "images": list(cfg.images)},
+                info={
+                    "bin_dir": str(bin_dir),
+                    "node_tools": str(tools.bin_dir),
+                    "images": list(cfg.images),
+                    "cni": cfg.cni,
+                },
             )
             self._save()
         finally:
@@ -290,14 +293,11 @@ class Lab:
             )
         self.rec.info["pod_cidrs"] = cidrs
         self._save()
-        # Nodes are NotReady until a CNI config exists; a DaemonSet writes it, as in production.
-        self.kubectl("apply", "-f", "-", input=nodes.cni_installer_manifest())
-        wait_for(
-            "nodes to be Ready",
-            lambda: all(self._node_ready(n.name) for n in cfg.all_nodes),
-            timeout=timeout,
-            alive=self._check_alive,
-        )
+        # Nodes are NotReady until a CNI config exists; a DaemonSet writes it, as in production:
+        # the lab's own, or (cni="stockade") the Stockade chart's, installed by whoever uses the lab.
+        if cfg.cni == "lab":
+            self.kubectl("apply", "-f", "-", input=nodes.cni_installer_manifest())
+            self.wait_nodes_ready(timeout=timeout)
         wait_for(
             f"kube-proxy ({cfg.proxy_mode}) to program the kubernetes Service",
             lambda: all(proxy.synced(cfg, n.netns) for n in cfg.all_nodes),
@@ -310,9 +310,26 @@ class Lab:
             timeout=timeout,
             alive=self._check_alive,
         )
-        self._step("nodes ready", t)
+        # With cni="stockade" the nodes are not Ready yet: the step ends with kube-proxy synced.
+        self._step("nodes ready" if cfg.cni == "lab" else "kube-proxy synced", t)
         self.rec.phase = "up"
         self._save()
+
+    def nodes_ready(self) -> bool:
+        """Every node Ready (kubelet reports Ready once a CNI config is in place)."""
+        return all(self._node_ready(n.name) for n in self.cfg.all_nodes)
+
+    def wait_nodes_ready(self, *, timeout: float = 240.0) -> None:
+        wait_for("nodes to be Ready", self.nodes_ready, timeout=timeout, alive=self._check_alive)
+
+    def import_images(self, names: tuple[str, ...]) -> None:
+        """More tests/images archives into every node's containerd of a running lab (all at once)."""
+        if self.bin_dir is None:
+            raise LabError("lab has no tools dir (not started?)")
+        tools = nodes.NodeTools.find(self.bin_dir, names)
+        socks = [realnode.containerd_socket(self.node_dir(n.name)) for n in self.cfg.all_nodes]
+        with ThreadPoolExecutor(max_workers=len(socks)) as pool:
+            list(pool.map(tools.import_images, socks))
 
     def _start_nodes(self, tools: nodes.NodeTools, *, timeout: float) -> None:
         """containerd and kubelet per node, each in its node's network, mount and cgroup space."""

@@ -4,9 +4,10 @@ Two kubelets on one host collide on hard-coded paths (`/var/lib/kubelet/device-p
 `/var/log/containers`, `/var/lib/cni`, `/run/containerd/s`, `/opt/containerd`), so every node gets
 a private mount namespace, held open by a small holder process started with `unshare --mount
 --propagation private`: tmpfs over those paths and per-node bind mounts of `/etc/cni/net.d` and
-`/opt/cni/bin`. Nothing of it reaches the host's mount table, and it goes when its last process
-goes. containerd and kubelet are started with `nsenter --net=… --mount=…` (not `ip netns exec`,
-which remounts /sys and would hide the cgroup v1 mounts kubelet needs).
+`/opt/cni/bin` and of Stockade's host paths (STOCKADE_BINDS). Nothing of it reaches the host's
+mount table, and it goes when its last process goes. containerd and kubelet are started with
+`nsenter --net=… --mount=…` (not `ip netns exec`, which remounts /sys and would hide the cgroup v1
+mounts kubelet needs).
 
 Settings forced by this host (see tests/cluster/README.md): cgroups are hybrid (controllers in
 v1 hierarchies), so kubelet runs with `failCgroupV1: false` and `cgroupDriver: cgroupfs` under
@@ -40,8 +41,16 @@ PRIVATE_TMPFS = (
     # containerd makes pod network namespace files here; they stay inside the node.
     "/run/netns",
 )
-# Per-node directories bound over the CNI locations a CNI vendor's installer writes to.
+# Per-node directories bound over the CNI locations a CNI vendor's installer writes to, and over
+# Stockade's host paths (the chart's defaults: state and IPAM, the agent's CNI socket, the plugin's
+# Python runtime), which on a real host are the node's own: without the binds every node of the lab
+# would share one IPAM directory and one CNI socket.
 CNI_BINDS = {"/etc/cni/net.d": "cni-net.d", "/opt/cni/bin": "cni-bin"}
+STOCKADE_BINDS = {
+    "/var/lib/stockade": "stockade-state",
+    "/run/stockade": "stockade-run",
+    "/opt/stockade": "stockade-runtime",
+}
 
 
 # --- cgroups ---------------------------------------------------------------------------------------
@@ -109,7 +118,7 @@ def mount_script(node_dir: Path, ready: Path) -> str:
     lines = ["set -e"]
     for path in PRIVATE_TMPFS:
         lines.append(f"mkdir -p {path}; mount -t tmpfs -o mode=0755 tmpfs {path}")
-    for path, sub in CNI_BINDS.items():
+    for path, sub in (CNI_BINDS | STOCKADE_BINDS).items():
         src = node_dir / sub
         lines.append(f"mkdir -p {path} {src}; mount --bind {src} {path}")
     lines.append(f"touch {shlex.quote(str(ready))}")
@@ -161,6 +170,10 @@ state = "/run/containerd"
   [plugins.'io.containerd.cri.v1.runtime'.cni]
     bin_dirs = ["/opt/cni/bin"]
     conf_dir = "/etc/cni/net.d"
+    # containerd brings up each pod's lo itself instead of calling a `loopback` plugin: the
+    # node's CNI dirs hold only what the installed CNI (the lab's DaemonSet or Stockade's chart)
+    # put there, and stockade-cni does not ship a loopback plugin.
+    use_internal_loopback = true
   [plugins.'io.containerd.cri.v1.runtime'.containerd]
     default_runtime_name = "runc"
     [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
