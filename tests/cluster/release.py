@@ -41,6 +41,9 @@ def values_for(lab: Lab, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     values: dict[str, Any] = {"image": {"pullPolicy": "Never"}, "uninstall": {"timeoutSeconds": 180}}
     if lab.cfg.cni != "stockade":
         values["cni"] = {"install": False}
+        # The lab's own CNI routes pods between nodes over the underlay: the overlay's VXLAN routes
+        # would replace those routes and go with the device at uninstall.
+        values["agent"] = {"overlay": False}
     return values | (extra or {})
 
 

@@ -66,6 +66,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["tolerations"] == [{"operator": "Exists"}]
     assert pod["serviceAccountName"] == "stk-stockade"
+    assert "--no-overlay" not in _agent_args(objs)  # the overlay is on unless turned off
     agent = _agent(objs)
     sc = agent["securityContext"]
     assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}
@@ -168,6 +169,7 @@ CASES: list[tuple[str, Obj, Check]] = [
     ("agent.debounceMs", {"agent": {"debounceMs": 50}}, _contains(_agent_args, "--debounce-ms=50")),
     ("agent.checkIntervalSeconds", {"agent": {"checkIntervalSeconds": 5}}, _contains(_agent_args, "--check-interval=5")),
     ("agent.cniTimeoutSeconds", {"agent": {"cniTimeoutSeconds": 3}}, _contains(_agent_args, "--cni-timeout=3")),
+    ("agent.overlay", {"agent": {"overlay": False}}, _contains(_agent_args, "--no-overlay")),
     ("agent.extraArgs", {"agent": {"extraArgs": ["--x=1"]}}, _has(lambda o: _agent_args(o)[-1], "--x=1")),
     ("agent.resources", {"agent": {"resources": {"requests": {"cpu": "1"}}}}, _has(lambda o: _agent(o)["resources"], {"requests": {"cpu": "1", "memory": "128Mi"}, "limits": {"memory": "512Mi"}})),
     ("agent.livenessProbe", {"agent": {"livenessProbe": {"periodSeconds": 7}}}, _has(lambda o: _agent(o)["livenessProbe"]["periodSeconds"], 7)),

@@ -73,6 +73,9 @@ installer's interface; see the README's install page):
 - --cni-timeout={{ .Values.agent.cniTimeoutSeconds }}
 - --debounce-ms={{ .Values.agent.debounceMs }}
 - --check-interval={{ .Values.agent.checkIntervalSeconds }}
+{{- if not .Values.agent.overlay }}
+- --no-overlay
+{{- end }}
 - --log-level={{ .Values.logging.level }}
 {{- range .Values.agent.extraArgs }}
 - {{ . | quote }}
