@@ -6,32 +6,48 @@ chart's init containers have put stockade-cni and its conflist on them. Then: po
 from their node's podCIDRs through stockade-cni (which asks the agent over its socket); a
 NetworkPolicy applied with `kubectl apply` is enforced live, same node, across nodes (the lab's
 underlay routes podCIDRs between nodes; the overlay is not driven by the agent yet) and through a
-Service's ClusterIP, on IPv4 and IPv6, and lifted again on delete; `helm uninstall` leaves every
-node clean. The lab binds per-node directories over the chart's host paths (realnode.STOCKADE_BINDS),
-so each node has its own IPAM state, CNI socket and plugin runtime, as real hosts do.
+Service's ClusterIP, on IPv4 and IPv6, and lifted again on delete; `helm upgrade` to a changed
+image rolls every agent while a continuous probe sees no allowed flow cut and no denied flow let
+through; `helm uninstall` leaves every node clean. The lab binds per-node directories over the
+chart's host paths (realnode.STOCKADE_BINDS), so each node has its own IPAM state, CNI socket and
+plugin runtime, as real hosts do.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pyroute2 import IPRoute
 
-from tests.cluster.chart import REPO
+from tests.cluster.chart import CHART, REPO
 from tests.cluster.conftest import running_lab
 from tests.cluster.lab import Lab
 from tests.cluster.lab.config import STOCKADE_CNI_IMAGES
 from tests.cluster.lab.nodes import TEST_POD_IMAGE
+from tests.cluster.lab.podclients import ctr
 from tests.cluster.lab.workloads import apply, endpoints, pods, wait_gone, wait_pods, wait_proxied
-from tests.cluster.release import RELEASE, install, installed, uninstall, write_values
-from tests.support.probe import Family, PodEndpoint, Prober, ProbeRequest
+from tests.cluster.release import (
+    DAEMONSET,
+    NAMESPACE,
+    RELEASE,
+    agent_logs,
+    helm,
+    install,
+    installed,
+    uninstall,
+    write_values,
+)
+from tests.support.probe import Family, PodEndpoint, Prober, ProbeRequest, ProbeResult
 
 pytestmark = pytest.mark.cluster
 
@@ -242,6 +258,135 @@ def test_policy_applied_with_kubectl_is_enforced_live(rlab: Lab, app: App, famil
     lifted = _until(app, family, stranger=True, since=started)
     print(f"IPv{family}: kubectl delete -> stranger allowed again: {lifted * 1000:.0f} ms")
     assert _outcomes(app, family) == every
+
+
+# --- helm upgrade under a continuous probe --------------------------------------------------
+
+AGENTS = "app.kubernetes.io/component=agent"
+# Denied probes get no confirmation round: any answer is a flow let through, and an answer cannot be
+# invented by a loaded machine; 0.5 s is the prober's default first timeout.
+DENIED_TIMEOUT = 0.5
+# The longest pause allowed between two probe rounds of one pair class: a cut or a leak shorter than
+# this could slip between rounds (an allowed round that needs its confirmations takes up to 5 s).
+MAX_GAP = 6.0
+# Between two allowed rounds (a round takes ~5 ms): still hundreds of probes a second, without
+# the probe loop taking a whole core from the rollout it watches on a shared machine.
+ALLOWED_PAUSE = 0.01
+
+
+@dataclass
+class Probing:
+    """Rounds of one probe set in a thread until stopped: every result and when each round ended."""
+
+    prober: Prober
+    requests: list[ProbeRequest]
+    pause: float = 0.0
+    results: list[ProbeResult] = field(default_factory=list)
+    ends: list[float] = field(default_factory=list)
+    error: BaseException | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            while not stop.is_set():
+                self.results += self.prober.probe(self.requests)
+                self.ends.append(time.monotonic())
+                stop.wait(self.pause)
+        except BaseException as exc:  # re-raised by the test thread
+            self.error = exc
+
+    def max_gap(self, start: float) -> float:
+        marks = [start, *self.ends]
+        return max(b - a for a, b in itertools.pairwise(marks))
+
+
+def _agents(rlab: Lab) -> list[dict[str, Any]]:
+    return pods(rlab, NAMESPACE, AGENTS)
+
+
+def _rolled(rlab: Lab, image: str, before: set[str]) -> bool:
+    """Every node runs a new, Ready agent pod of `image`, and no old agent pod is left."""
+    agents = _agents(rlab)
+    return (
+        len(agents) == rlab.cfg.nodes
+        and not before & {a["metadata"]["uid"] for a in agents}
+        and all(
+            a["metadata"].get("deletionTimestamp") is None
+            and a["spec"]["containers"][0]["image"] == image
+            and all(c.get("ready") for c in a.get("status", {}).get("containerStatuses", []))
+            and any(c["type"] == "Ready" and c["status"] == "True" for c in a["status"].get("conditions", []))
+            for a in agents
+        )
+    )
+
+
+def test_helm_upgrade_rolls_the_agents_without_cutting_or_leaking_a_flow(rlab: Lab, app: App) -> None:
+    ds = rlab.kube.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{DAEMONSET}")
+    old_image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
+    repo, _, old_tag = old_image.rpartition(":")
+    new_tag = f"{old_tag}-next"
+    new_image = f"{repo}:{new_tag}"
+    # A changed image without a rebuild: the same content under a new tag in every node's containerd.
+    for node in rlab.cfg.all_nodes:
+        ctr(rlab, node.name, "images", "tag", "--force", old_image, new_image)
+    before = {a["metadata"]["uid"] for a in _agents(rlab)}
+    assert len(before) == rlab.cfg.nodes
+
+    apply(rlab, POLICY)
+    _until(app, 4, stranger=False, since=time.monotonic())
+    friend = [r for f in (4, 6) for r in _requests(app, f"{APP_NS}/friend", f).values()]
+    stranger = [r for f in (4, 6) for r in _requests(app, f"{APP_NS}/stranger", f).values()]
+    eps = list(app.by_name.values())
+    allowed = Probing(Prober(eps), friend, pause=ALLOWED_PAUSE)
+    denied = Probing(Prober(eps, timeout=DENIED_TIMEOUT, confirm_timeout=0), stranger)
+    stop = threading.Event()
+    threads = [threading.Thread(target=p.run, args=(stop,), daemon=True) for p in (allowed, denied)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(2)  # probes before the first agent stops
+        upgrade_at = time.monotonic()
+        out = helm(
+            rlab, "upgrade", RELEASE, str(CHART), "-n", NAMESPACE, "--reuse-values",
+            "--set", f"image.tag={new_tag}", "--wait", "--timeout", "3m",
+        )  # fmt: skip
+        assert out.returncode == 0, f"helm upgrade: {out.stderr.strip()}"
+        # helm's --wait accepts a DaemonSet with maxUnavailable pods not Ready yet: wait for all.
+        deadline = time.monotonic() + 120
+        while not _rolled(rlab, new_image, before):
+            assert time.monotonic() < deadline, f"agents not rolled to {new_image}:\n{agent_logs(rlab)}"
+            time.sleep(0.5)
+        rolled_at = time.monotonic()
+        time.sleep(2)  # and after the last new agent became Ready
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        rlab.kubectl("delete", "-n", APP_NS, "networkpolicy", "servers-from-friends", check=False)
+    for p in (allowed, denied):
+        if p.error is not None:
+            raise p.error
+    print(
+        f"helm upgrade -> every agent Ready on {new_tag}: {rolled_at - upgrade_at:.1f}s; "
+        f"allowed probes {len(allowed.results)} ({allowed.prober.stats.rescued} answered only on "
+        f"confirmation, longest gap {allowed.max_gap(started):.2f}s), denied probes "
+        f"{len(denied.results)} (longest gap {denied.max_gap(started):.2f}s)"
+    )
+    cut = [r for r in allowed.results if not r.reachable]
+    leaked = [r for r in denied.results if r.reachable]
+    assert cut == [], f"{len(cut)} allowed probes cut, first: {cut[:3]}"
+    # Stricter than the verdict: a cut shorter than the confirmation timeout would be hidden by the
+    # prober's second try, so no allowed probe may have needed one (a SYN's answer on a veth takes
+    # milliseconds; a first try silent for 0.5 s is a dropped packet or a starved machine).
+    late = [r for r in allowed.results if r.attempts > 1]
+    assert late == [], f"{len(late)} allowed probes answered only on a second try, first: {late[:3]}"
+    assert leaked == [], f"{len(leaked)} denied probes let through, first: {leaked[:3]}"
+    # The probes covered the whole rollout: from before `helm upgrade` to after the last agent was
+    # Ready, with no pause long enough to hide a cut or a leak.
+    for p in (allowed, denied):
+        assert p.ends[-1] > rolled_at, "probing stopped before the rollout ended"
+        assert p.max_gap(started) < MAX_GAP
+    assert {a["spec"]["containers"][0]["image"] for a in _agents(rlab)} == {new_image}
 
 
 def test_helm_uninstall_cleans_every_node(rlab: Lab, release: Release, tmp_path: Path) -> None:
