@@ -245,16 +245,26 @@ def test_pods_run_on_both_nodes_with_addresses_from_their_pod_cidrs(lab: Lab, ap
         ips = [i["ip"] for i in pod["status"]["podIPs"]]
         assert ipaddress.ip_address(ips[0]).version == 4, pod_name(pod)
         assert _in_cidrs(ips, cidrs[str(pod["spec"]["nodeName"])]), (pod_name(pod), ips)
-    # EndpointSlices list every replica as ready: kubelet's status is what the controllers use.
-    slices = json.loads(
-        lab.kubectl(
-            "get", "endpointslices", "-n", NS, "-l", "kubernetes.io/service-name=echo", "-o", "json"
-        ).stdout
-    )["items"]
-    ready = {
-        ep["addresses"][0] for s in slices for ep in s.get("endpoints", []) if ep["conditions"].get("ready")
-    }
-    assert ready == {i["ip"] for p in app["echo"] for i in p["status"]["podIPs"]}
+    # EndpointSlices list every replica as ready: kubelet's status is what the controllers use. The
+    # EndpointSlice controller follows pod status asynchronously (it batches updates), so a pod that
+    # just turned Ready may be missing for a moment: wait for it, boundedly.
+    want = {i["ip"] for p in app["echo"] for i in p["status"]["podIPs"]}
+
+    def missing() -> set[str]:
+        slices = json.loads(
+            lab.kubectl(
+                "get", "endpointslices", "-n", NS, "-l", "kubernetes.io/service-name=echo", "-o", "json"
+            ).stdout
+        )["items"]
+        ready = {
+            ep["addresses"][0]
+            for s in slices
+            for ep in s.get("endpoints", [])
+            if ep["conditions"].get("ready")
+        }
+        return want ^ ready
+
+    eventually("EndpointSlices of echo differ from its pods' addresses (symmetric difference)", missing)
 
 
 def test_kubelet_probes_pass_through_the_node(lab: Lab, app: App) -> None:
