@@ -11,12 +11,16 @@ reason (and the tail of the failing component's log), it is never skipped.
 from __future__ import annotations
 
 import os
+import subprocess
 from collections.abc import Iterator
 
 import pytest
 
+from tests.cluster.chart import REPO
 from tests.cluster.lab import Lab, LabError
+from tests.cluster.lab.config import STOCKADE_CNI_IMAGES
 from tests.cluster.lab.report import leftovers
+from tests.cluster.release import install, write_values
 
 
 def lab_name() -> str:
@@ -52,3 +56,24 @@ def running_lab(the_lab: Lab) -> Iterator[Lab]:
     the_lab.down()
     left = leftovers(the_lab.cfg)
     assert not left, f"lab {the_lab.cfg.name} left things behind after down: {left}"
+
+
+@pytest.fixture(scope="session")
+def release_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    """A second session lab with Stockade as users run it: nodes Ready through stockade-cni, the
+    Helm release installed (agents, CNI, overlay). Tests that need enforcement in a running
+    cluster share it; tests that install, upgrade or uninstall the chart make their own."""
+    built = subprocess.run(
+        ["bash", str(REPO / "tests/images/build.sh"), "stockade"], capture_output=True, text=True, check=False
+    )
+    if built.returncode != 0:
+        pytest.fail(f"tests/images/build.sh stockade: {built.stderr[-2000:]}", pytrace=False)
+    name = "rel" + os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
+    the_lab = Lab.create(name=name, nodes=2, images=STOCKADE_CNI_IMAGES, cni="stockade")
+    for running in running_lab(the_lab):
+        values = write_values(running, str(tmp_path_factory.mktemp("release") / "values.yaml"))
+        try:
+            install(running, values)
+        except LabError as exc:
+            pytest.fail(f"helm install into {name}: {exc}", pytrace=False)
+        yield running
