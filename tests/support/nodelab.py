@@ -231,9 +231,11 @@ def load_with_counters(ns: str, wanted: NodePlan, packets: int) -> None:
 
 class TableProbe:
     """A thread listing table ``inet stockade`` in a loop with its own libnftables context; it
-    records every listing without the table or without rules."""
+    records every listing without the table or without rules. ``pause``: seconds between two
+    listings (0: back to back; a pause keeps the loop from taking a whole core on a shared host)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, pause: float = 0.0) -> None:
+        self.pause = pause
         self.listings = 0
         self.gaps: list[str] = []
         self._stop = threading.Event()
@@ -250,6 +252,8 @@ class TableProbe:
                 self.gaps.append(f"no table: {err.strip()}")
             elif not any("rule" in o for o in out["nftables"]):
                 self.gaps.append("a table without rules")
+            if self.pause:
+                self._stop.wait(self.pause)
 
     def __enter__(self) -> TableProbe:
         self._thread.start()
