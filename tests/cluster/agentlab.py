@@ -37,24 +37,29 @@ LISTS = ("/apis/networking.k8s.io/v1/networkpolicies", "/api/v1/pods", "/api/v1/
 Matrix = dict[tuple[str, str, Family], bool]
 
 
+def pod_spec(node: str) -> dict[str, Any]:
+    """A test pod's spec pinned to `node`, serving TCP on PORT, Ready once it listens (kubelet's
+    probe comes from the node, which Stockade always lets through)."""
+    probe = {"tcpSocket": {"port": PORT}, "periodSeconds": 1}
+    return {
+        "nodeSelector": {"kubernetes.io/hostname": node},
+        "terminationGracePeriodSeconds": 1,
+        "containers": [
+            {
+                "name": "agent",
+                "image": TEST_POD_IMAGE,
+                "imagePullPolicy": "Never",
+                "args": ["--control", "/tmp/agent.sock", "--tcp", str(PORT)],
+                "startupProbe": probe | {"failureThreshold": 60},
+                "readinessProbe": probe,
+            }
+        ],
+    }
+
+
 def pod_manifest(name: str, namespace: str, node: str, labels: dict[str, str]) -> str:
-    """A test pod pinned to `node`, serving TCP on PORT, Ready once it listens (kubelet's probe
-    comes from the node, which Stockade always lets through)."""
-    return f"""
-apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: {namespace}, labels: {json.dumps(labels)}}}
-spec:
-  nodeSelector: {{kubernetes.io/hostname: {node}}}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: agent
-    image: {TEST_POD_IMAGE}
-    imagePullPolicy: Never
-    args: [--control, /tmp/agent.sock, --tcp, "{PORT}"]
-    startupProbe: {{tcpSocket: {{port: {PORT}}}, periodSeconds: 1, failureThreshold: 60}}
-    readinessProbe: {{tcpSocket: {{port: {PORT}}}, periodSeconds: 1}}
-"""
+    meta = {"name": name, "namespace": namespace, "labels": labels}
+    return json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": pod_spec(node)})
 
 
 # --- the node and its agent ----------------------------------------------------------------------
