@@ -182,12 +182,12 @@ def converge(prober: Prober, want: Matrix, *, since: float, bound: float, title:
 
     Polled with short timeouts (a blocked probe costs 0.2 s, not the prober's confirmation
     rounds); a matching poll is confirmed by one full measurement with `prober`'s own timeouts,
-    whose result is the verdict."""
+    whose result is the verdict. `bound` 0: one full measurement, no polling."""
     fast = Prober(list(prober.pods.values()), timeout=0.2, confirm_timeout=0.3)
     got: Matrix = {}
     while True:
         polled = time.monotonic()
-        if measure(fast, want) == want:
+        if bound <= 0 or measure(fast, want) == want:
             got = measure(prober, want)
             if got == want:
                 return polled - since

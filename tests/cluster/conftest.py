@@ -80,7 +80,9 @@ def release_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     name = "rel" + os.environ.get("PYTEST_XDIST_WORKER", "").removeprefix("gw")
     the_lab = Lab.create(name=name, nodes=2, images=STOCKADE_CNI_IMAGES, cni="stockade")
     for running in running_lab(the_lab):
-        values = write_values(running, str(tmp_path_factory.mktemp("release") / "values.yaml"))
+        # A drift check every 10 s instead of the chart's default 30 s: the drift tests wait for one.
+        extra = {"agent": {"checkIntervalSeconds": 10}}
+        values = write_values(running, str(tmp_path_factory.mktemp("release") / "values.yaml"), extra)
         try:
             install(running, values)
         except LabError as exc:

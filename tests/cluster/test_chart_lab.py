@@ -16,13 +16,12 @@ plugin runtime, as real hosts do.
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,8 @@ from tests.cluster.release import (
     uninstall,
     write_values,
 )
-from tests.support.probe import Family, PodEndpoint, Prober, ProbeRequest, ProbeResult
+from tests.support.probe import Family, PodEndpoint, Prober, ProbeRequest
+from tests.support.probing import Probing
 
 pytestmark = pytest.mark.cluster
 
@@ -272,31 +272,6 @@ MAX_GAP = 6.0
 # Between two allowed rounds (a round takes ~5 ms): still hundreds of probes a second, without
 # the probe loop taking a whole core from the rollout it watches on a shared machine.
 ALLOWED_PAUSE = 0.01
-
-
-@dataclass
-class Probing:
-    """Rounds of one probe set in a thread until stopped: every result and when each round ended."""
-
-    prober: Prober
-    requests: list[ProbeRequest]
-    pause: float = 0.0
-    results: list[ProbeResult] = field(default_factory=list)
-    ends: list[float] = field(default_factory=list)
-    error: BaseException | None = None
-
-    def run(self, stop: threading.Event) -> None:
-        try:
-            while not stop.is_set():
-                self.results += self.prober.probe(self.requests)
-                self.ends.append(time.monotonic())
-                stop.wait(self.pause)
-        except BaseException as exc:  # re-raised by the test thread
-            self.error = exc
-
-    def max_gap(self, start: float) -> float:
-        marks = [start, *self.ends]
-        return max(b - a for a, b in itertools.pairwise(marks))
 
 
 def _agents(rlab: Lab) -> list[dict[str, Any]]:

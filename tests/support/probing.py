@@ -3,16 +3,19 @@ a test can say afterwards whether any of it was cut or let through.
 
 - :class:`Probing`: rounds of one probe set (new connections each round) in a thread until stopped,
   every result and when each round ended.
+- :func:`probing`: several of them running in threads for the duration of a ``with`` block.
 - :class:`Flow`: one long-lived TCP connection from inside a network namespace to an echo server,
   exchanging a message every ``interval``: an established flow that must keep flowing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tests.support.nodelab import entered
@@ -46,6 +49,26 @@ class Probing:
     def failures(self, *, reachable: bool) -> list[ProbeResult]:
         """The results whose outcome was not ``reachable`` (cut allowed or leaked denied probes)."""
         return [r for r in self.results if r.reachable != reachable]
+
+
+@contextlib.contextmanager
+def probing(*runs: Probing) -> Iterator[float]:
+    """Every `Probing` in its own thread until the block ends (yields when they started); then
+    stopped, joined, and the first error any of them met re-raised."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=p.run, args=(stop,), daemon=True) for p in runs]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    try:
+        yield started
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=60)
+    for p in runs:
+        if p.error is not None:
+            raise p.error
 
 
 class Flow:
