@@ -162,6 +162,12 @@ def test_allowed_traffic_counts_under_its_policy_rule(release_lab: Lab, app: App
     assert after.get("0", 0) - before.get("0", 0) >= SENT, (before, after)
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 8: /metrics exports only the rules that name a policy rule (`ns/name direction[i]`); "
+    "the isolation drop rule (comment `ingress isolation: ns/name, ...`) is not exported, so what a "
+    "policy drops shows nowhere under it. strict: passes -> XPASS fails, remove this mark then",
+)
 def test_dropped_traffic_counts_under_the_isolating_policy(release_lab: Lab, app: App) -> None:
     before = _counts(release_lab)
     _send(app, "stranger", reachable=False)
