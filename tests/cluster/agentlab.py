@@ -184,14 +184,11 @@ def converge(prober: Prober, want: Matrix, *, since: float, bound: float, title:
     rounds); a matching poll is confirmed by one full measurement with `prober`'s own timeouts,
     whose result is the verdict. `bound` 0: one full measurement, no polling."""
     fast = Prober(list(prober.pods.values()), timeout=0.2, confirm_timeout=0.3)
-    got: Matrix = {}
     while True:
         polled = time.monotonic()
-        if bound <= 0 or measure(fast, want) == want:
-            got = measure(prober, want)
-            if got == want:
-                return polled - since
+        if (bound <= 0 or measure(fast, want) == want) and measure(prober, want) == want:
+            return polled - since
         if time.monotonic() - since > bound:
-            got = got or measure(prober, want)
+            got = measure(prober, want)
             raise AssertionError(f"not enforced within {bound:.0f}s:\n{comparison(want, got, title)}")
         time.sleep(0.1)
