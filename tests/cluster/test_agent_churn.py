@@ -87,14 +87,15 @@ class World:
     def settle(self, what: str, *, since: float, bound: float = BOUND, from_ready: bool = False) -> None:
         """Every churned pod Ready, then the measured matrix equals the semantics within `bound`,
         counted from `since` or (`from_ready`: the change started pods) from the moment they were
-        Ready: a pod's start is the kubelet's and containerd's time, not programming latency."""
+        Ready and could be probed: a pod's start is the kubelet's and containerd's time, not
+        programming latency."""
         count = {ns: len(pods(self.lab, ns)) for ns in NAMESPACES}
         ready = [
             p for ns, n in count.items() for p in wait_pods(self.lab, ns, "", count=n, timeout=POD_START)
         ]
+        eps = endpoints(self.lab, ready)  # starting new pods' probe clients takes a second or two
         if from_ready:
             since = time.monotonic()
-        eps = endpoints(self.lab, ready)
         want = expected(api_model(self.lab), [e.name for e in eps], (4, 6))
         latency = converge(Prober(eps), want, since=since, bound=bound, title=what)
         self.latencies[what] = latency
