@@ -99,9 +99,8 @@ class World:
         want = expected(api_model(self.lab), [e.name for e in eps], (4, 6))
         latency = converge(Prober(eps), want, since=since, bound=bound, title=what)
         self.latencies[what] = latency
-        print(
-            f"{what}: enforced {latency * 1000:.0f} ms after {'its pods were Ready' if from_ready else 'it'}"
-        )
+        after = "its pods were Ready and probed" if from_ready else "it"
+        print(f"{what}: " + (f"enforced {latency * 1000:.0f} ms after {after}" if bound > 0 else "as before"))
 
 
 @pytest.fixture(scope="module")
