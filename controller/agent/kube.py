@@ -106,7 +106,27 @@ class KubeEvents:
             "lastTimestamp": now,
             "count": 1,
         }
-        self._core.create_namespaced_event(namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
+        try:
+            self._core.create_namespaced_event(namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
+        except kubernetes.client.ApiException as exc:
+            if not _namespace_going(exc):
+                raise
+            # The object the Event is about goes with its namespace: nobody could read the Event.
+            log.info(
+                "no Event %s for %s %s: namespace %s is being deleted",
+                notice.reason,
+                ref.kind,
+                ref.name,
+                namespace,
+            )
+
+
+def _namespace_going(exc: Any) -> bool:
+    """The API server refuses new objects in a namespace being deleted (403, cause
+    NamespaceTerminating) or already gone (404)."""
+    if exc.status == 404:
+        return True
+    return exc.status == 403 and "NamespaceTerminating" in str(exc.body or "")
 
 
 def ipvs_evidence(api: Any, *, device: Path = IPVS_DEVICE) -> str | None:

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.attach:
         lab, own = Lab.load(args.attach), False
         if "agnhost" not in lab.cfg.images:
-            raise LabError(f"lab {args.attach} has no agnhost image (start it with `up --image agnhost`)")
+            lab.import_images(("agnhost",))  # the suite's one image; importing it again is harmless
     else:
         base = STOCKADE_CNI_IMAGES if stockade else LAB_IMAGES
         lab = Lab.create(

@@ -25,6 +25,7 @@ from compiler.loader import load_manifests
 from compiler.plan import build_plan
 from controller.agent import kube as kube_client
 from controller.agent.loop import Agent
+from controller.agent.notices import Notice, ObjectRef
 from controller.agent.objects import parse
 from controller.agent.operator import resync
 from tests.cluster.agentrun import RecordingApplier, RunningAgent, running_agent
@@ -494,3 +495,26 @@ def test_in_cluster_credentials(cp: ControlPlane, monkeypatch: pytest.MonkeyPatc
     with running_agent(node=NODE, kubeconfig=None, port=free_port(), applier=RecordingApplier()) as agent:
         wait_for("/readyz 200", lambda: is_ready(agent), timeout=60)
         wait_equal(agent, kube, since=time.monotonic())
+
+
+def test_an_event_into_a_namespace_being_deleted_is_dropped_not_an_error(cp: ControlPlane) -> None:
+    """The API server refuses new objects in a terminating namespace; an Event about a policy that
+    goes with its namespace is not worth an error (no namespace controller runs here, so a deleted
+    namespace stays Terminating). An Event into a live namespace still posts."""
+    kube = cp.kube
+    kube.create("/api/v1/namespaces", {"metadata": {"name": "going"}})
+    kube.delete("/api/v1/namespaces/going")
+    assert kube.get("/api/v1/namespaces/going")["status"]["phase"] == "Terminating"
+    api = kubernetes.client.ApiClient(kube_client.client_config(str(cp.kubeconfig_for(AGENT))))
+    events = kube_client.KubeEvents(api, node=NODE)
+
+    def notice(namespace: str, reason: str) -> Notice:
+        return Notice(
+            ObjectRef("NetworkPolicy", "networking.k8s.io/v1", "p", namespace, "uid-1"), reason, "m"
+        )
+
+    events.post(notice("going", "GoingAway"))  # no exception
+    events.post(notice("never-was", "Gone"))  # nor for a namespace already gone
+    assert kube.get("/api/v1/namespaces/going/events")["items"] == []
+    events.post(notice("default", "Posted"))
+    assert "Posted" in {e["reason"] for e in kube.get("/api/v1/namespaces/default/events")["items"]}

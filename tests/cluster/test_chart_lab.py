@@ -46,6 +46,8 @@ from tests.cluster.release import (
     uninstall,
     write_values,
 )
+from tests.images.build import File
+from tests.images.derive import derive
 from tests.support.probe import Family, PodEndpoint, Prober, ProbeRequest
 from tests.support.probing import Probing
 
@@ -56,6 +58,9 @@ CONFLIST = "10-stockade.conflist"
 # How long a policy change may take from `kubectl apply` to a changed probe outcome (the agent's
 # debounce is 10 ms; the rest is the watch, the compile and one nft transaction on a loaded host).
 ENFORCE_WITHIN = 20.0
+# Where the upgrade's image carries the file only it has (inside the image, no leading slash).
+MARKER = "opt/stockade/UPGRADE-MARKER"
+IMAGES_DIR = Path(os.environ.get("STOCKADE_IMAGES_DIR") or "/var/cache/stockade/images")
 
 
 @pytest.fixture(scope="module")
@@ -294,15 +299,22 @@ def _rolled(rlab: Lab, image: str, before: set[str]) -> bool:
     )
 
 
-def test_helm_upgrade_rolls_the_agents_without_cutting_or_leaking_a_flow(rlab: Lab, app: App) -> None:
+def test_helm_upgrade_rolls_the_agents_without_cutting_or_leaking_a_flow(
+    rlab: Lab, app: App, tmp_path: Path
+) -> None:
     ds = rlab.kube.get(f"/apis/apps/v1/namespaces/{NAMESPACE}/daemonsets/{DAEMONSET}")
     old_image = ds["spec"]["template"]["spec"]["containers"][0]["image"]
     repo, _, old_tag = old_image.rpartition(":")
     new_tag = f"{old_tag}-next"
     new_image = f"{repo}:{new_tag}"
-    # A changed image without a rebuild: the same content under a new tag in every node's containerd.
+    # A changed image: the built one plus a layer holding a marker only this build has (another
+    # digest, other content), imported into every node's containerd as a user's new version is.
+    marker = f"upgrade {time.time_ns()}\n"
+    archive = tmp_path / "stockade-next.tar"
+    derive(IMAGES_DIR / "stockade.tar", archive, name=new_image, files=[File(MARKER, marker.encode())])
     for node in rlab.cfg.all_nodes:
-        ctr(rlab, node.name, "images", "tag", "--force", old_image, new_image)
+        ctr(rlab, node.name, "images", "import", str(archive))
+    old_ids = {c["imageID"] for a in _agents(rlab) for c in a["status"]["containerStatuses"]}
     before = {a["metadata"]["uid"] for a in _agents(rlab)}
     assert len(before) == rlab.cfg.nodes
 
@@ -361,7 +373,17 @@ def test_helm_upgrade_rolls_the_agents_without_cutting_or_leaking_a_flow(rlab: L
     for p in (allowed, denied):
         assert p.ends[-1] > rolled_at, "probing stopped before the rollout ended"
         assert p.max_gap(started) < MAX_GAP
-    assert {a["spec"]["containers"][0]["image"] for a in _agents(rlab)} == {new_image}
+    agents = _agents(rlab)
+    assert {a["spec"]["containers"][0]["image"] for a in agents} == {new_image}
+    # The new agents run the new content: another image digest, and the marker file is there.
+    new_ids = {c["imageID"] for a in agents for c in a["status"]["containerStatuses"]}
+    assert new_ids.isdisjoint(old_ids), f"agents still on the old image: {new_ids} vs {old_ids}"
+    for a in agents:
+        seen = rlab.kubectl(
+            "exec", "-n", NAMESPACE, a["metadata"]["name"], "-c", "agent", "--",
+            "python3", "-c", f"print(open('/{MARKER}').read(), end='')",
+        ).stdout  # fmt: skip
+        assert seen == marker, a["metadata"]["name"]
 
 
 def test_helm_uninstall_cleans_every_node(rlab: Lab, release: Release, tmp_path: Path) -> None:
