@@ -6,6 +6,8 @@ reason (and the tail of the failing component's log), it is never skipped.
     STOCKADE_LAB_ATTACH=NAME        use a lab already up (`python -m tests.cluster.lab up --name NAME`)
                                     instead of starting one; it is left running afterwards.
     STOCKADE_LAB_PROXY_MODE=iptables  kube-proxy mode (default nftables).
+    STOCKADE_RELEASE_LAB_ATTACH=NAME  the same for `release_lab`: a lab up with `--cni stockade`
+                                    and the chart installed (`tests.cluster.release.install`).
 """
 
 from __future__ import annotations
@@ -63,6 +65,13 @@ def release_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     """A second session lab with Stockade as users run it: nodes Ready through stockade-cni, the
     Helm release installed (agents, CNI, overlay). Tests that need enforcement in a running
     cluster share it; tests that install, upgrade or uninstall the chart make their own."""
+    attach = os.environ.get("STOCKADE_RELEASE_LAB_ATTACH")
+    if attach:
+        try:
+            yield Lab.load(attach)
+        except LabError as exc:
+            pytest.fail(f"STOCKADE_RELEASE_LAB_ATTACH={attach}: {exc}", pytrace=False)
+        return
     built = subprocess.run(
         ["bash", str(REPO / "tests/images/build.sh"), "stockade"], capture_output=True, text=True, check=False
     )
