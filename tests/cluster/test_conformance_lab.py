@@ -65,6 +65,10 @@ class Tally:
     probes: int = 0
     programmed: list[float] = field(default_factory=list)  # last kubectl call -> every node programmed
     converged: list[float] = field(default_factory=list)  # last kubectl call -> every probe as expected
+    # Seconds per phase of a step: kubectl calls, the programming barrier, probe rounds.
+    phases: dict[str, list[float]] = field(
+        default_factory=lambda: {"kubectl": [], "barrier": [], "probing": []}
+    )
     outcomes: Counter[str] = field(default_factory=Counter)  # "<protocol> <outcome>" of judging rounds
 
 
@@ -81,9 +85,11 @@ def tally() -> Iterator[Tally]:
 
     print(
         f"\nconformance on the release lab: {t.passed}/{t.steps} steps equal the table "
-        f"({len(CASES)} cases), {t.rounds} probe rounds, {t.probes} probes, {total:.0f}s in all; "
+        f"({len(CASES)} cases), {t.rounds} probe rounds, {t.probes} probes, {total:.0f}s for the steps; "
         f"programmed p50 {p(t.programmed, 0.5)} max {p(t.programmed, 1.0)}, "
-        f"converged p50 {p(t.converged, 0.5)} max {p(t.converged, 1.0)}; outcomes "
+        f"converged p50 {p(t.converged, 0.5)} max {p(t.converged, 1.0)}; seconds spent "
+        + ", ".join(f"{k} {sum(v):.0f}" for k, v in t.phases.items())
+        + "; outcomes "
         + ", ".join(f"{k}: {n}" for k, n in sorted(t.outcomes.items()))
     )
 
@@ -102,7 +108,9 @@ def conformance(release_lab: Lab) -> Iterator[ConformanceLab]:
         print(f"\nconformance workload ready in {time.monotonic() - started:.1f}s")
         yield clab
     finally:
+        stopping = time.monotonic()
         clab.stop()
+        print(f"conformance workload gone (clients, namespaces) in {time.monotonic() - stopping:.1f}s")
 
 
 def _families(step: Step) -> list[tuple[Family, ...]]:
@@ -145,16 +153,20 @@ def test_step_equals_the_table(conformance: ConformanceLab, tally: Tally, case: 
     expected = expected_reachability(step)
     for families in _families(step):
         before = conformance.programmed()
+        started = time.monotonic()
         changes = conformance.converge(
             policies=[resolve_policy(p, families[0], conformance.addresses) for p in step.policies],
             pod_labels={key: pod_labels(step, key) for key in PODS},
             namespace_labels={ns: namespace_labels(step, ns) for ns in NAMESPACES},
         )
         changed_at = time.monotonic()
+        tally.phases["kubectl"].append(changed_at - started)
         if changes.total:
             tally.programmed.append(
                 conformance.wait_programmed(before, changes.total, timeout=ENFORCE_WITHIN)
             )
+        probing = time.monotonic()
+        tally.phases["barrier"].append(probing - changed_at)
         while True:
             measured = conformance.measure(expected, families)
             tally.rounds += 1
@@ -166,6 +178,7 @@ def test_step_equals_the_table(conformance: ConformanceLab, tally: Tally, case: 
             if waited > ENFORCE_WITHIN:
                 pytest.fail(_report(case, step, conformance, measured, waited), pytrace=False)
         tally.converged.append(waited)
+        tally.phases["probing"].append(time.monotonic() - probing)
         tally.outcomes.update(
             f"{r.request.protocol} {r.outcome}" for results in measured.values() for r in results.values()
         )
