@@ -30,7 +30,7 @@ from compiler.ir import FAMILIES, IfnameAddr, IfnameAddrSet
 from compiler.model import Family
 
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_.-]+")
-NOTE = "(pod interface . address) the node routes: passes anti-spoofing without a route lookup"
+NOTE = "(pod interface . address) the node routes, filled by the agent (empty offline): no route lookup"
 
 Sources = dict[Family, frozenset[IfnameAddr]]
 Changes = dict[Family, tuple[frozenset[IfnameAddr], frozenset[IfnameAddr]]]
