@@ -25,19 +25,44 @@ uplinks: a node with several NICs, ECMP or policy routing legitimately receives 
 its route back does not use, and forwards flows whose other direction it never sees (conntrack
 calls those invalid). Neither is pod traffic, so neither is ours to drop.
 
-Why anti-spoofing is a ``fib`` lookup, on every packet from a pod interface:
+Anti-spoofing is the strict reverse-path check "the source routes back via the arrival device",
+on every packet from a pod interface, in two steps:
 
-- Exact: the CNI routes each pod's /32 and /128 to that pod's own veth, so "the source routes back
-  via the arrival device" holds exactly for the pod's own addresses. Cheaper lookups are not exact
-  or not available offline: ``ip saddr @local-pods`` would still let a pod borrow another local
-  pod's address, and a set of (interface . address) needs the veth names, which stockade-cni
-  derives from the container id that no API object carries, so a plan compiled from manifests
-  could not list them.
+1. ``iifname "stk*" iifname . ip saddr @pod-sources-v4 accept`` (and ``ip6`` with ``-v6``): one
+   exact-match lookup of (arrival device's name . source address) among the pairs the node's
+   routing table holds as the /32 and /128 routes stockade-cni installs to each pod's veth (the
+   node agent reads them from the kernel: :mod:`compiler.podsources`). A hit is exactly a packet
+   the route lookup would pass, for one hash lookup instead of a route lookup: every packet of
+   a running pod from its own address takes this path.
+2. ``iifname "stk*" fib saddr . iif oif missing drop`` for everything that missed: a pod attached
+   since the agent last read the routes, link-local sources (NDP), every spoofed packet, and
+   every packet at all when the plan has no pairs (``stockade compile`` from manifests: the sets
+   are empty and the route lookup does everything, as it did alone before).
+
+Why this is never weaker than the route lookup alone, and why the lookup stays:
+
+- Exact: the CNI routes each pod's /32 and /128 to that pod's own veth, so "routes back via the
+  arrival device" holds exactly for the pod's own addresses. A pair is only ever such a route
+  (the agent lists nothing else), so the set only skips lookups that would pass. A pair outlives
+  its route only until the agent reads the routes again (when a pod is reported or forgotten,
+  and in its periodic check), and stockade-cni removes a pod's routes only with its veth, before
+  the address can go to another pod: such a pair names a device no packet can arrive on.
+- The exact match alone is not enough: the veth names derive from the container id, which no
+  API object carries, so a plan compiled from manifests cannot list them, and a pod is attached
+  (veth and routes) before the agent hears of it. ``ip saddr @local-pods`` alone would let a pod
+  borrow another local pod's address.
 - Every packet, not only new connections: conntrack finds a packet's entry by addresses and ports,
   not by device, so a check skipped for ``established`` packets would let a pod inject packets
   into another pod's flows (a forged DNS answer is one ``established`` UDP packet).
-- Scoped by a name compare (a few bytes against the device's name), so uplink, VXLAN and the node's
-  own traffic never pay for the lookup.
+- Cheap for pod packets and for everything else: every rule starts with a name compare (a few
+  bytes against the device's name), so uplink, VXLAN and the node's own traffic pay three name
+  compares and no lookup. A hit ends the chain at once; the other form, one rule per family
+  ``iifname . ip saddr != @pod-sources-v4 fib ... drop``, lets an IPv4 hit fall through to the
+  IPv6 rule, one more rule per packet for the same decision. A leading ``iifname != "stk*"
+  accept`` would save uplinks two name compares (nanoseconds), but would leave each rule's scope
+  to its position; every rule here says on its own that it judges pod interfaces only. ``accept``
+  ends only this chain, which does nothing else: the packet still meets conntrack and the policy
+  chains.
 """
 
 from __future__ import annotations
@@ -56,6 +81,7 @@ from compiler.ir import (
     Icmpv6TypeIn,
     IfnamePrefix,
     IifLoopback,
+    IifnameSaddrInSet,
     Rule,
     SaddrDaddrInSet,
     VmapLookup,
@@ -160,6 +186,20 @@ def base_chains(
         naming.CHAIN_PREROUTING,
         (
             description(prerouting_note),
+            # Known pod sources first (see the module's docstring): no counter, since the rule
+            # sees nearly every packet from pods and a count of them says nothing.
+            *(
+                Rule(
+                    (
+                        IfnamePrefix("iifname", prefix),
+                        IifnameSaddrInSet(family, naming.pod_source_set(family)),
+                    ),
+                    ACCEPT,
+                    "anti-spoofing: a pod's routed address on its own interface, without a route lookup",
+                    counter=False,
+                )
+                for family in FAMILIES
+            ),
             # Strict reverse path for pod interfaces: the source must route back out of the device
             # the packet came in on. A pod's veth is the route to that pod's /32 and /128 only, so
             # a pod cannot borrow another pod's (local or remote) address, nor an external one an

@@ -17,6 +17,12 @@ model as ``cni_addresses``, a mapping from pod UID to the addresses the plugin a
 
 ``ClusterModel.pods`` are the pods with the reports applied, so every consumer (the plan, the
 semantics, explain) sees one set of addresses; ``api_pods`` keeps them as the API gave them.
+
+``pod_sources`` is another fact of this node that no API object carries: the (host-side pod
+interface, address) pairs its routing table holds, one per /32 or /128 route stockade-cni
+installs to a pod's veth. Only the data plane reads them (the anti-spoofing fast path of
+:mod:`compiler.basechains`); the semantics does not depend on them. A plan compiled offline from
+manifests has none, and loses nothing but speed.
 """
 
 from __future__ import annotations
@@ -31,6 +37,15 @@ from compiler.model import NAMESPACE_NAME_LABEL, Namespace, NetworkPolicy, Node,
 
 CniAddresses = Mapping[str, tuple[str, ...]]
 """Pod UID -> the addresses the CNI plugin on this node assigned to that pod's sandbox."""
+
+
+@dataclass(frozen=True, order=True)
+class PodSource:
+    """The node routes ``address`` (a /32 or /128 route) to the pod interface ``ifname``: a packet
+    arriving on ``ifname`` from ``address`` passes the strict reverse-path check."""
+
+    ifname: str
+    address: str
 
 
 def with_cni_addresses(pod: Pod, reported: tuple[str, ...] | None) -> Pod:
@@ -50,6 +65,7 @@ class ClusterModel:
     policies: tuple[NetworkPolicy, ...] = ()
     nodes: tuple[Node, ...] = ()
     cni_addresses: CniAddresses = field(default_factory=lambda: MappingProxyType({}))
+    pod_sources: frozenset[PodSource] = frozenset()
     api_pods: tuple[Pod, ...] = field(default=(), init=False, repr=False, compare=False)
     _ns_labels: dict[str, dict[str, str]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _by_address: dict[ipaddress.IPv4Address | ipaddress.IPv6Address | None, tuple[Pod, ...]] = field(
@@ -62,6 +78,7 @@ class ClusterModel:
         # Frozen: the reports are copied, and pods replaced once by their effective selves.
         reports = MappingProxyType({uid: tuple(a) for uid, a in sorted(self.cni_addresses.items())})
         object.__setattr__(self, "cni_addresses", reports)
+        object.__setattr__(self, "pod_sources", frozenset(self.pod_sources))
         object.__setattr__(self, "api_pods", self.pods)
         if reports:
             effective = tuple(with_cni_addresses(p, reports.get(p.uid)) for p in self.pods)

@@ -12,8 +12,9 @@ A policy that is added, changed or deleted (:meth:`NodeCompiler.update_policy`) 
 the local pods its old or new version selects: they move to chains named by their new content
 (added, with the peer sets only they use) and the chains nobody uses any more go. A namespace
 whose labels change (:meth:`NodeCompiler.update_namespace`) moves its pods' addresses in or out of
-the peer sets with a namespace selector. A node changing (its podCIDRs: the base chains) is not
-churn: compile the plan again.
+the peer sets with a namespace selector. The node's routed pod sources
+(:meth:`NodeCompiler.update_sources`) are elements of the ``pod-sources`` sets. A node changing
+(its podCIDRs: the base chains) is not churn: compile the plan again.
 
 The plan :class:`NodeCompiler` keeps after any sequence of updates equals ``build_plan`` of the
 resulting model (tests/unit/test_incremental.py checks it on random changes), and
@@ -22,11 +23,12 @@ resulting model (tests/unit/test_incremental.py checks it on random changes), an
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from compiler import naming
-from compiler.cluster import ClusterModel, with_cni_addresses
+from compiler.cluster import ClusterModel, PodSource, with_cni_addresses
 from compiler.defects import usable_policy
 from compiler.ir import DIRECTIONS, Chain, MapEntry, NodePlan, PlanSet, VerdictMap
 from compiler.model import Direction, Family, Namespace, NetworkPolicy, Pod
@@ -34,6 +36,7 @@ from compiler.nodestate import NodeState, StateChange
 from compiler.options import DEFAULT_OPTIONS, CompileOptions
 from compiler.podchains import policy_uid
 from compiler.podindex import addr_key, family_of
+from compiler.podsources import source_set
 from compiler.render_json import (
     chain_json,
     elements_cmd,
@@ -127,6 +130,14 @@ class NodeCompiler:
         else:
             self._cni.pop(uid, None)
         return self._replace(uid) if uid in self._api else PlanDelta()
+
+    def update_sources(self, sources: Iterable[PodSource]) -> PlanDelta:
+        """The node's routed pod sources are now ``sources`` (all of them, as the node agent last
+        read them from the routing table): the pairs that left and came, as set elements."""
+        changed = self._state.replace_sources(frozenset(sources))
+        gone = [source_set(f, left) for f, (left, _) in changed.items() if left]
+        came = [source_set(f, added) for f, (_, added) in changed.items() if added]
+        return PlanDelta(delete_elements=tuple(gone), add_elements=tuple(came))
 
     def update_policy(self, old: NetworkPolicy | None, new: NetworkPolicy | None) -> PlanDelta:
         """Apply one NetworkPolicy event: added (old None), deleted (new None) or changed. Like

@@ -91,6 +91,15 @@ class IfnamePrefix:
 
 
 @dataclass(frozen=True)
+class IifnameSaddrInSet:
+    """``iifname . ip saddr @set``: the (arrival device's name, source address) pair is in a set of
+    such pairs. One hash lookup, no route lookup."""
+
+    family: Family
+    set_name: str
+
+
+@dataclass(frozen=True)
 class FibSaddrIifMissing:
     """``fib saddr . iif oif missing``: the source address does not route back via the arrival device."""
 
@@ -109,6 +118,7 @@ Match = (
     | CtStateIn
     | IifLoopback
     | IfnamePrefix
+    | IifnameSaddrInSet
     | FibSaddrIifMissing
     | Icmpv6TypeIn
 )
@@ -245,7 +255,24 @@ class SelfPairSet:
     note: str = ""
 
 
-PlanSet = AddrSet | IntervalSet | AddrPortSet | SelfPairSet
+@dataclass(frozen=True, order=True)
+class IfnameAddr:
+    ifname: str
+    address: str
+
+
+@dataclass(frozen=True)
+class IfnameAddrSet:
+    """A set of ``interface name . address`` (type ``ifname . ipv4_addr``): the pod sources the
+    node routes (:mod:`compiler.podsources`)."""
+
+    name: str
+    family: Family
+    elements: tuple[IfnameAddr, ...]
+    note: str = ""
+
+
+PlanSet = AddrSet | IntervalSet | AddrPortSet | SelfPairSet | IfnameAddrSet
 
 
 @dataclass(frozen=True)

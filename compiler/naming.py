@@ -104,6 +104,11 @@ def hairpin_set(family: Family) -> str:
     return f"hairpin-v{family}"
 
 
+def pod_source_set(family: Family) -> str:
+    """(pod interface . address) pairs the node routes: sources that pass anti-spoofing at once."""
+    return f"pod-sources-v{family}"
+
+
 def podcidr_set(family: Family) -> str:
     """The node's podCIDRs."""
     return f"podcidrs-v{family}"

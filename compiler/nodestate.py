@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from compiler import naming
 from compiler.basechains import base_chains, tier_chains
 from compiler.chainstore import ChainStore
-from compiler.cluster import ClusterModel
+from compiler.cluster import ClusterModel, PodSource
 from compiler.dispatch import Dispatch, Dispatched, LocalEntry
 from compiler.ir import DIRECTIONS, FAMILIES, NodePlan
 from compiler.model import NAMESPACE_NAME_LABEL, Direction, Family, LabelSelector, NetworkPolicy, Pod
@@ -29,6 +29,7 @@ from compiler.options import DEFAULT_OPTIONS, CompileOptions
 from compiler.peersets import Element, Selection, merge_spans
 from compiler.podchains import ChainBuild, PodChains, policy_namespace, policy_uid
 from compiler.podindex import PodIndex, namespace_of, pod_addresses
+from compiler.podsources import Changes, changes, source_set, usable_sources
 from compiler.selectors import matches
 from compiler.snapshot import node_plan
 
@@ -66,6 +67,9 @@ class NodeState:
         self.dispatch = Dispatch()
         self._chains = PodChains(model.policies)
         self._base = base_chains(tuple(f for f in FAMILIES if self._cidrs[f]), options=options)
+        self._prefix = options.pod_interface_prefix
+        self._sources, self._source_notes = usable_sources(model.pod_sources, prefix=self._prefix)
+        self.source_sets = {f: source_set(f, self._sources[f]) for f in FAMILIES}
         self._tiers = tier_chains()
         self._snapshot: NodePlan | None = None
         self._refresh(k for k, p in self.index.pods.items() if self._is_local(p))
@@ -79,7 +83,8 @@ class NodeState:
                 store=self.store,
                 dispatch=self.dispatch,
                 cidrs=self._cidrs,
-                notes=self.notes,
+                sources=tuple(self.source_sets.values()),
+                notes=(*self.notes, *self._source_notes),
             )
         return self._snapshot
 
@@ -143,6 +148,18 @@ class NodeState:
         self._selection.relabelled(name)
         elements = self._update_elements(before, self.store.contributions(addresses))
         return StateChange(sets_before, chains_before, elements, {})
+
+    def replace_sources(self, sources: frozenset[PodSource]) -> Changes:
+        """Make ``sources`` the node's routed pod sources; per family, the pairs that left and came."""
+        usable, notes = usable_sources(sources, prefix=self._prefix)
+        changed = changes(self._sources, usable)
+        if notes != self._source_notes or any(gone or came for gone, came in changed.values()):
+            self._snapshot = None
+        self._sources, self._source_notes = usable, notes
+        for family, (gone, came) in changed.items():
+            if gone or came:
+                self.source_sets[family] = source_set(family, usable[family])
+        return changed
 
     def _namespace_labels(self, name: str) -> Mapping[str, str]:
         # An undeclared namespace exists as implied by its pods and policies: name label only.

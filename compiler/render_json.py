@@ -24,8 +24,10 @@ from compiler.ir import (
     DportIn,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
+    IfnameAddrSet,
     IfnamePrefix,
     IifLoopback,
+    IifnameSaddrInSet,
     Interval,
     IntervalSet,
     L4protoIn,
@@ -89,6 +91,9 @@ def match_json(m: Match) -> Json:
         return _eq({"meta": {"key": "iiftype"}}, "loopback")
     if isinstance(m, IfnamePrefix):
         return _eq({"meta": {"key": m.key}}, interface_wildcard(m.prefix))
+    if isinstance(m, IifnameSaddrInSet):
+        key = {"concat": [{"meta": {"key": "iifname"}}, _payload(ip_keyword(m.family), "saddr")]}
+        return _eq(key, f"@{m.set_name}")
     if isinstance(m, FibSaddrIifMissing):
         return _eq({"fib": {"result": "oif", "flags": ["saddr", "iif"]}}, False)
     if isinstance(m, Icmpv6TypeIn):
@@ -139,6 +144,8 @@ def set_elements(s: PlanSet) -> list[Any]:
         return [_interval(i) for i in s.elements]
     if isinstance(s, SelfPairSet):
         return [{"concat": [a, a]} for a in s.elements]
+    if isinstance(s, IfnameAddrSet):
+        return [{"concat": [e.ifname, e.address]} for e in s.elements]
     return [{"concat": [e.address, e.protocol.lower(), e.port]} for e in s.elements]
 
 
@@ -148,6 +155,8 @@ def set_json(s: PlanSet) -> Json:
         body["type"] = [addr_type(s.family), "inet_proto", "inet_service"]
     elif isinstance(s, SelfPairSet):
         body["type"] = [addr_type(s.family), addr_type(s.family)]
+    elif isinstance(s, IfnameAddrSet):
+        body["type"] = ["ifname", addr_type(s.family)]
     else:
         body["type"] = addr_type(s.family)
     if isinstance(s, IntervalSet):

@@ -24,8 +24,10 @@ from compiler.ir import (
     DportIn,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
+    IfnameAddrSet,
     IfnamePrefix,
     IifLoopback,
+    IifnameSaddrInSet,
     Interval,
     IntervalSet,
     L4protoIn,
@@ -71,6 +73,8 @@ def match_text(m: Match) -> str:
         return "meta iiftype loopback"
     if isinstance(m, IfnamePrefix):
         return f'{m.key} "{interface_wildcard(m.prefix)}"'
+    if isinstance(m, IifnameSaddrInSet):
+        return f"iifname . {ip_keyword(m.family)} saddr @{m.set_name}"
     if isinstance(m, FibSaddrIifMissing):
         return "fib saddr . iif oif missing"
     if isinstance(m, Icmpv6TypeIn):
@@ -106,6 +110,9 @@ def set_element_texts(s: PlanSet) -> list[str]:
         return [_interval(i) for i in s.elements]
     if isinstance(s, SelfPairSet):
         return [f"{a} . {a}" for a in s.elements]
+    if isinstance(s, IfnameAddrSet):
+        # Interface names are checked (compiler.podsources): letters, digits, '-', '_', '.' only.
+        return [f'"{e.ifname}" . {e.address}' for e in s.elements]
     return [f"{e.address} . {e.protocol.lower()} . {e.port}" for e in s.elements]
 
 
@@ -128,6 +135,8 @@ def set_text(s: PlanSet) -> list[str]:
         kind = f"{addr_type(s.family)} . inet_proto . inet_service"
     elif isinstance(s, SelfPairSet):
         kind = f"{addr_type(s.family)} . {addr_type(s.family)}"
+    elif isinstance(s, IfnameAddrSet):
+        kind = f"ifname . {addr_type(s.family)}"
     else:
         kind = addr_type(s.family)
     lines = [*_note(s.note, "\t"), f"\tset {s.name} {{", f"\t\ttype {kind}"]

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from compiler import naming
 from compiler.chainstore import ChainStore
 from compiler.dispatch import Dispatch
-from compiler.ir import DIRECTIONS, FAMILIES, Chain, IntervalSet, NodePlan, PlanSet
+from compiler.ir import DIRECTIONS, FAMILIES, Chain, IfnameAddrSet, IntervalSet, NodePlan, PlanSet
 from compiler.model import Family
 from compiler.peersets import Span, intervals
 
@@ -25,11 +25,13 @@ def node_plan(
     store: ChainStore,
     dispatch: Dispatch,
     cidrs: Mapping[Family, Sequence[Span]],
+    sources: Sequence[IfnameAddrSet],
     notes: tuple[str, ...],
 ) -> NodePlan:
     sets: list[PlanSet] = [store.plan_set(name) for name in store.specs]
     sets += [dispatch.local_set(f) for f in FAMILIES]
     sets += [dispatch.hairpin_set(f) for f in FAMILIES]
+    sets += sources  # declared even when empty: the prerouting rules name them
     for family in FAMILIES:
         if cidrs[family]:
             spans = intervals(cidrs[family], family)

@@ -18,7 +18,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from controller.agent.store import Change, CniChange, ModelChange, NamespaceChange, PodChange, PolicyChange
+from compiler.cluster import PodSource
+from controller.agent.store import (
+    Change,
+    CniChange,
+    ModelChange,
+    NamespaceChange,
+    PodChange,
+    PolicyChange,
+    SourcesChange,
+)
 
 
 @dataclass(frozen=True)
@@ -31,6 +40,7 @@ class Batch:
     namespaces: tuple[NamespaceChange, ...] = ()
     rebuild: bool = False
     arrivals: tuple[float, ...] = ()
+    sources: frozenset[PodSource] | None = None  # the node's routed pod sources, if they changed
 
     @property
     def size(self) -> int:
@@ -47,6 +57,7 @@ class Pending:
     namespaces: dict[str, NamespaceChange] = field(default_factory=dict)
     rebuild: bool = False
     arrivals: list[float] = field(default_factory=list)
+    sources: frozenset[PodSource] | None = None
 
     def add(self, change: Change, *, arrived: float) -> None:
         self.arrivals.append(arrived)
@@ -54,6 +65,8 @@ class Pending:
             self.rebuild = True
         elif isinstance(change, CniChange):
             self.cni[change.uid] = change
+        elif isinstance(change, SourcesChange):
+            self.sources = change.sources  # each is a full listing: the last one holds
         elif isinstance(change, PolicyChange):
             was = self.policies.get(change.uid)
             self.policies[change.uid] = (
@@ -84,8 +97,10 @@ class Pending:
             namespaces=tuple(self.namespaces.values()),
             rebuild=self.rebuild,
             arrivals=tuple(self.arrivals),
+            sources=self.sources,
         )
         self.pods, self.cni, self.rebuild, self.arrivals = {}, {}, False, []
+        self.sources = None
         self.policies, self.namespaces = {}, {}
         return batch
 

@@ -82,3 +82,5 @@ class Engine:
             compiler.update_pod(change.old, change.new)
         for report in batch.cni:
             compiler.update_cni(report.uid, report.addresses)
+        if batch.sources is not None:
+            compiler.update_sources(batch.sources)

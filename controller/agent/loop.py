@@ -7,7 +7,10 @@ one worker thread (so they never overlap and never stall the watches). The loop 
   while the watches are healthy (a callable the operator wiring supplies);
 - CNI waiters: :meth:`Agent.program_pod` returns once an applied plan holds the pod;
 - retries: a failed apply is retried with backoff (the applier keeps the last good ruleset);
-- notices: after each full compile, new notices are posted as Events (off the loop too).
+- notices: after each full compile, new notices are posted as Events (off the loop too);
+- the node's routed pod sources (the anti-spoofing fast path, :mod:`compiler.podsources`): read
+  in full before the first plan and in every periodic check, and for one pod's addresses when
+  the CNI plugin reports or forgets it.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from controller.agent.engine import Compiled, Engine
 from controller.agent.metrics import AgentMetrics
 from controller.agent.notices import Notice, Noticeboard
 from controller.agent.objects import Kind, Model
-from controller.agent.seams import PlanApplier, PodForget, PodReport, retry_delay
+from controller.agent.seams import PlanApplier, PodForget, PodReport, PodSourceReader, retry_delay
 from controller.agent.store import Change, ModelChange, Snapshot, Store
 
 log = logging.getLogger(__name__)
@@ -51,8 +54,10 @@ class Agent:
         check_interval: float = 30.0,
         watches_healthy: Callable[[], bool] = lambda: True,
         notice_delay: float = 1.0,
+        sources: PodSourceReader | None = None,
     ) -> None:
         self.node = node
+        self.sources = sources
         self.applier = applier
         self.events = events
         self.store = Store()
@@ -150,6 +155,10 @@ class Agent:
             )
 
         self._sandboxes[report.uid] = report.container_id
+        # The plugin created the pod's veth and routes before it reported: read them now, so the
+        # plan that answers this report also lets the pod's packets skip the route lookup. Added
+        # with the report, in one step of the loop: one batch, one plan.
+        await self._read_sources(report.addresses)
         change = self.store.report_cni(report.uid, tuple(report.addresses))
         self._add(change, None)
         if change is None and self.applied_plan is not None and holds(self.applied_plan):
@@ -168,9 +177,30 @@ class Agent:
         if not uid or self._sandboxes.get(uid) not in (None, forget.container_id):
             return
         self._sandboxes.pop(uid, None)
+        reported = self.store.cni.get(uid, ())
         self._add(self.store.report_cni(uid, ()), None)
+        await self._read_sources(reported)  # the plugin removed the veth and its routes first
 
     # --- the loop --------------------------------------------------------------------------------
+
+    async def _read_sources(self, addresses: tuple[str, ...] | None = None) -> None:
+        """Read the routed pod sources (all, or those of ``addresses``) off the loop, and queue
+        what changed. A failure is logged only: without a pair, the route lookup checks the pod."""
+        reader = self.sources
+        if reader is None or (addresses is not None and not addresses):
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            if addresses is None:
+                found = await loop.run_in_executor(None, reader.all)
+                change = self.store.set_sources(found)
+            else:
+                found = await loop.run_in_executor(None, reader.of, addresses)
+                change = self.store.refresh_sources(addresses, found)
+        except Exception:
+            log.exception("reading the routed pod sources of node %s failed", self.node)
+            return
+        self._add(change, None)
 
     async def _in_worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
@@ -179,6 +209,7 @@ class Agent:
         """Compile and apply batches forever (cancel to stop)."""
         checker = asyncio.create_task(self._check_loop(), name=f"stockade check {self.node}")
         try:
+            await self._read_sources()  # before the first plan, which then has them
             await self.synced.wait()
             while True:
                 await self.step(await self.coalescer.next_batch())
@@ -237,6 +268,7 @@ class Agent:
     async def _check_loop(self) -> None:
         while True:
             await asyncio.sleep(self.check_interval)
+            await self._read_sources()  # routes changed by hand, or a report missed
             if self.applied_plan is None:
                 continue
             try:

@@ -16,6 +16,7 @@ from controller.applier import Applier
 from controller.cnisocket import CniServer
 from controller.errors import UsageError
 from controller.nft import Nft
+from controller.podroutes import RoutedSources
 
 
 def options(args: argparse.Namespace) -> Options:
@@ -59,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
     logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     applier = node_applier()
     try:
-        asyncio.run(run(opts, applier, cni_server=cni_server(opts)))
+        asyncio.run(run(opts, applier, cni_server=cni_server(opts), sources=RoutedSources()))
     except kubernetes.config.ConfigException as exc:
         raise UsageError(f"no credentials for the API server: {exc}") from exc
     return 0

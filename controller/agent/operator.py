@@ -33,7 +33,7 @@ from controller.agent.loop import Agent
 from controller.agent.notices import Notice, ObjectRef
 from controller.agent.objects import Kind, Model, UnreadableObject, parse
 from controller.agent.overlaysync import OverlaySync
-from controller.agent.seams import PlanApplier
+from controller.agent.seams import PlanApplier, PodSourceReader
 
 log = logging.getLogger(__name__)
 
@@ -258,9 +258,11 @@ async def run(
     *,
     stop: asyncio.Event | None = None,
     cni_server: Callable[[Agent], Server] | None = None,
+    sources: PodSourceReader | None = None,
 ) -> None:
     """Run the agent until ``stop`` is set (or SIGINT/SIGTERM in the main thread);
-    ``cni_server`` makes the CNI socket's server for the agent (its sink)."""
+    ``cni_server`` makes the CNI socket's server for the agent (its sink); ``sources`` reads the
+    node's routed pod sources (none: every pod packet takes the route lookup)."""
     cfg = kube.client_config(options.kubeconfig)
     api = kubernetes.client.ApiClient(cfg)
     health = kube.ApiHealth(api)
@@ -271,6 +273,7 @@ async def run(
         debounce=options.debounce_ms / 1000,
         check_interval=options.check_interval,
         watches_healthy=health.healthy,
+        sources=sources,
     )
     overlay: OverlaySync | None = None
     if options.overlay:

@@ -7,6 +7,9 @@
   ``check()`` repairs drift. The agent calls both from one worker thread, never concurrently.
 - :class:`ApplierReadings`: ``drift_repairs_total`` and ``rule_counters()``, read at scrape time
   when the applier offers them (the Applier does).
+- :class:`PodSourceReader`: the (pod interface, address) pairs the node's routing table routes,
+  for the anti-spoofing fast path (:class:`controller.podroutes.RoutedSources` reads them with
+  netlink; tests pass a double). Both calls block; the agent makes them off the event loop.
 - The CNI socket (:class:`controller.cnisocket.CniServer`) calls ``program_pod(PodReport)`` and
   ``forget_pod(PodForget)`` (:mod:`controller.cniproto`); :class:`~controller.agent.loop.Agent`
   implements both.
@@ -14,15 +17,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol, runtime_checkable
 
+from compiler.cluster import PodSource
 from compiler.ir import NodePlan
 from controller.applier import ApplyResult
 from controller.cniproto import PodForget, PodReport
 from controller.errors import KernelRejected
 
-__all__ = ["ApplierReadings", "PlanApplier", "PodForget", "PodReport", "retry_delay"]
+__all__ = ["ApplierReadings", "PlanApplier", "PodForget", "PodReport", "PodSourceReader", "retry_delay"]
 
 
 class PlanApplier(Protocol):
@@ -34,6 +38,18 @@ class PlanApplier(Protocol):
 
     def check(self) -> object:
         """Compare the kernel with the last applied plan and repair any drift."""
+        ...
+
+
+class PodSourceReader(Protocol):
+    """The node's routed pod sources: only ever pairs the routing table holds now."""
+
+    def all(self) -> frozenset[PodSource]:
+        """Every (pod interface, address) the node routes."""
+        ...
+
+    def of(self, addresses: Iterable[str]) -> frozenset[PodSource]:
+        """The pairs of these addresses only (none for an address not routed to a pod interface)."""
         ...
 
 

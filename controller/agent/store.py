@@ -1,7 +1,8 @@
 """The agent's picture of the cluster: every watched object by UID, and what each event changes.
 
 An event is reduced to a :class:`Change` the compile understands: pod churn (the pod before and
-after, for :meth:`compiler.incremental.NodeCompiler.update_pod`), a CNI report, a policy or a
+after, for :meth:`compiler.incremental.NodeCompiler.update_pod`), a CNI report, the node's routed
+pod sources (``update_sources``), a policy or a
 namespace before and after (``update_policy``, ``update_namespace``), or a change of a node (the
 plan is compiled again). An event that changes nothing the
 compiler reads (a pod's conditions, a node's heartbeat, a re-listed object) is no change.
@@ -12,10 +13,11 @@ re-created under the same name) removes that incarnation only.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from compiler.cluster import ClusterModel
+from compiler.cluster import ClusterModel, PodSource
 from compiler.model import Namespace, NetworkPolicy, Node, Pod
 from controller.agent.objects import Kind, Model
 
@@ -31,6 +33,13 @@ class PodChange:
 class CniChange:
     uid: str
     addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SourcesChange:
+    """The node's routed pod sources (all of them) are now ``sources``."""
+
+    sources: frozenset[PodSource]
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,7 @@ class ModelChange:
     uid: str
 
 
-Change = PodChange | CniChange | PolicyChange | NamespaceChange | ModelChange
+Change = PodChange | CniChange | SourcesChange | PolicyChange | NamespaceChange | ModelChange
 
 
 def _change(kind: Kind, uid: str, old: Model | None, new: Model | None) -> Change:
@@ -87,6 +96,7 @@ class Store:
     namespaces: dict[str, Namespace] = field(default_factory=dict)
     nodes: dict[str, Node] = field(default_factory=dict)
     cni: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    sources: frozenset[PodSource] = frozenset()
 
     def _table(self, kind: Kind) -> dict[str, Model]:
         tables: dict[str, dict[str, Model]] = {
@@ -130,6 +140,22 @@ class Store:
             self.cni.pop(uid, None)
         return CniChange(uid, addresses)
 
+    def set_sources(self, sources: frozenset[PodSource]) -> Change | None:
+        """The node's routed pod sources as a full listing of the routing table shows them."""
+        if sources == self.sources:
+            return None
+        self.sources = sources
+        return SourcesChange(sources)
+
+    def refresh_sources(self, addresses: Iterable[str], found: frozenset[PodSource]) -> Change | None:
+        """The routing table was asked about ``addresses`` only, and ``found`` is its answer: their
+        pairs, and any other pair of an interface in ``found``, are replaced by ``found`` (a pod's
+        interface holds exactly the addresses the CNI plugin reports for it)."""
+        asked = set(addresses)
+        interfaces = {s.ifname for s in found}
+        kept = {s for s in self.sources if s.address not in asked and s.ifname not in interfaces}
+        return self.set_sources(frozenset(kept | found))
+
     def snapshot(self) -> Snapshot:
         """Everything held now; cheap (the models are immutable and shared)."""
         return Snapshot(
@@ -138,6 +164,7 @@ class Store:
             policies=tuple(self.policies.values()),
             nodes=tuple(self.nodes.values()),
             cni=tuple(self.cni.items()),
+            sources=self.sources,
         )
 
 
@@ -150,6 +177,7 @@ class Snapshot:
     policies: tuple[NetworkPolicy, ...] = ()
     nodes: tuple[Node, ...] = ()
     cni: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    sources: frozenset[PodSource] = frozenset()
 
     def model(self) -> ClusterModel:
         """The compiler's model, ordered as the loader orders manifests."""
@@ -159,4 +187,5 @@ class Snapshot:
             policies=tuple(sorted(self.policies, key=_by_ref)),
             nodes=tuple(sorted(self.nodes, key=_by_name)),
             cni_addresses=MappingProxyType(dict(self.cni)),
+            pod_sources=self.sources,
         )

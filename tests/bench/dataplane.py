@@ -19,10 +19,17 @@ Configurations of the node's ruleset:
   to it (namespace ``bench``: the server admits only the client on its port, the client may
   only reach the server and DNS), so new connections take the full path: egress dispatch, the
   client's egress chain, ingress dispatch, the server's ingress chain;
-- ``antispoof`` (diagnostic, not a target): ``conntrack`` plus Stockade's anti-spoofing rule
-  alone, to show what the reverse-path lookup costs by itself;
-- ``hook`` (diagnostic): ``antispoof`` with the route lookup replaced by a mark compare that
+- ``antispoof`` (diagnostic, not a target): ``conntrack`` plus Stockade's ``prerouting`` chain
+  alone (the plan's own rules and its ``pod-sources`` sets, filled), to show what anti-spoofing
+  costs by itself: one set lookup for the bench pods' packets;
+- ``antispoof-fib`` (diagnostic): ``conntrack`` plus the route lookup alone, for every packet
+  from a pod (``iifname "stk*" fib saddr . iif oif missing drop``): the check before the fast
+  path, and what a pod the agent has not read the routes of yet still gets;
+- ``hook`` (diagnostic): ``antispoof-fib`` with the route lookup replaced by a mark compare that
   never holds, to tell the cost of a prerouting chain from the cost of the ``fib`` lookup.
+
+The ``stockade`` and ``antispoof`` rulesets hold the two bench pods' (interface . address) pairs,
+as the node agent fills them from the routes the lab installs.
 
 Workloads, each ``--seconds`` long: ``new`` (wrk with ``Connection: close``: requests/s are new
 connections/s), ``keepalive`` (requests/s over ``--connections`` kept-alive connections) and
@@ -62,20 +69,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script 
 from pyroute2 import IPRoute, netns  # the bench may touch the world; the compiler never does
 
 from compiler import naming
-from compiler.cluster import ClusterModel
+from compiler.cluster import ClusterModel, PodSource
+from compiler.ir import IifnameSaddrInSet, NodePlan
 from compiler.model import Namespace, NetworkPolicy, Pod
 from compiler.plan import build_plan
 from compiler.render_json import render_json
+from compiler.render_nft import rule_text, set_text
 from tests.bench.compile import synthetic_cluster
 
 NODE = "node-00"  # podCIDR 10.0.0.0/16 in the synthetic cluster
 SERVER_IP, CLIENT_IP = "10.0.200.10", "10.0.200.20"  # inside node-00's podCIDR, unused by its pods
+# The bench pods' host-side veths (the CNI's prefix: the ruleset's pod-only checks apply).
+HOST_IFNAMES = {
+    "server": f"{naming.POD_INTERFACE_PREFIX}bser",
+    "client": f"{naming.POD_INTERFACE_PREFIX}bcli",
+}
 GATEWAY = "169.254.1.1"  # on the node's lo: every pod veth answers ARP for it
 PORT = 8080
 BIG_BYTES = 16 * 1024 * 1024
 SCOPE_LINK = 253
 WORKLOADS = ("new", "keepalive", "throughput")
-CONFIGS = ("none", "conntrack", "stockade", "antispoof", "hook")
+CONFIGS = ("none", "conntrack", "stockade", "antispoof", "antispoof-fib", "hook")
 TARGETS = {"new": 0.95, "keepalive": 0.97, "throughput": 0.97}  # of conntrack only
 
 # Each configuration is one table; all are loaded once and switched with the ``dormant`` flag (a
@@ -84,6 +98,7 @@ TABLES = {
     "conntrack": "bench_conntrack",
     "hook": "bench_hook",
     "antispoof": "bench_antispoof",
+    "antispoof-fib": "bench_antispoof_fib",
     "stockade": naming.TABLE,
 }
 CONNTRACK_ONLY = """
@@ -97,25 +112,36 @@ table inet bench_conntrack {
 """
 
 
-def with_prerouting(table: str, rule: str) -> str:
-    """``conntrack`` plus a prerouting chain at Stockade's priority holding ``rule``."""
+def with_prerouting(table: str, rules: list[str], sets: tuple[str, ...] = ()) -> str:
+    """``conntrack`` plus a prerouting chain at Stockade's priority holding ``rules`` (and
+    ``sets``, nft text blocks, for them)."""
+    body = "".join(f"        {rule}\n" for rule in rules)
     return CONNTRACK_ONLY.replace("bench_conntrack", table).replace(
         "    flags dormant\n",
-        "    flags dormant\n    chain prerouting {\n"
+        "    flags dormant\n" + "".join(f"{block}\n" for block in sets) + "    chain prerouting {\n"
         "        type filter hook prerouting priority raw; policy accept;\n"
-        f"        {rule}\n    }}\n",
+        f"{body}    }}\n",
     )
 
 
-def antispoof_only(prefix: str) -> str:
-    """``conntrack`` plus the anti-spoofing rule of Stockade's prerouting chain, nothing else."""
-    return with_prerouting("bench_antispoof", f'iifname "{prefix}*" fib saddr . iif oif missing drop')
+def antispoof_only(plan: NodePlan) -> str:
+    """``conntrack`` plus the plan's ``prerouting`` chain and the sets it uses, nothing else."""
+    chain = plan.chain(naming.CHAIN_PREROUTING)
+    assert chain is not None
+    used = {m.set_name for r in chain.rules for m in r.matches if isinstance(m, IifnameSaddrInSet)}
+    sets = tuple("\n".join(set_text(s)) for s in plan.sets if s.name in used)
+    return with_prerouting("bench_antispoof", [rule_text(r) for r in chain.rules], sets)
+
+
+def antispoof_fib_only(prefix: str) -> str:
+    """``conntrack`` plus the route lookup for every packet from a pod interface."""
+    return with_prerouting("bench_antispoof_fib", [f'iifname "{prefix}*" fib saddr . iif oif missing drop'])
 
 
 def hook_only(prefix: str) -> str:
-    """``antispoof`` without the route lookup: the same hook and name compare, then a mark
-    compare that never holds. What ``antispoof`` costs beyond this is the ``fib`` lookup."""
-    return with_prerouting("bench_hook", f'iifname "{prefix}*" meta mark 0xdead drop')
+    """``antispoof-fib`` without the route lookup: the same hook and name compare, then a mark
+    compare that never holds. What ``antispoof-fib`` costs beyond this is the ``fib`` lookup."""
+    return with_prerouting("bench_hook", [f'iifname "{prefix}*" meta mark 0xdead drop'])
 
 
 # wrk prints its summary as one JSON line, so nothing depends on its human-readable units.
@@ -233,10 +259,14 @@ def bench_model() -> ClusterModel:
         pods=(*base.pods, server, client),
         policies=(*base.policies, *(NetworkPolicy.model_validate(p) for p in policies)),
         nodes=base.nodes,
+        # The pairs the node agent reads from the lab's routes (a /32 to each pod's veth).
+        pod_sources=frozenset(
+            {PodSource(HOST_IFNAMES["server"], SERVER_IP), PodSource(HOST_IFNAMES["client"], CLIENT_IP)}
+        ),
     )
 
 
-def stockade_ruleset(work: Path) -> tuple[Path, str]:
+def stockade_ruleset(work: Path) -> tuple[Path, NodePlan, str]:
     started = time.perf_counter()
     plan = build_plan(bench_model(), node=NODE)
     path = work / "stockade.json"
@@ -247,7 +277,7 @@ def stockade_ruleset(work: Path) -> tuple[Path, str]:
         f"{len(plan.local_pods)} local pods, {len(plan.chains)} chains, {rules} rules, "
         f"{len(plan.sets)} sets ({elements} elements); compiled in {time.perf_counter() - started:.1f}s"
     )
-    return path, summary
+    return path, plan, summary
 
 
 # --- the lab ------------------------------------------------------------------------------------------
@@ -292,7 +322,7 @@ def lab() -> Iterator[Lab]:
             ipr.link("set", index=lo, state="up")
             ipr.addr("add", index=lo, address=GATEWAY, prefixlen=32)
             for role, ip in (("server", SERVER_IP), ("client", CLIENT_IP)):
-                host = f"{naming.POD_INTERFACE_PREFIX}b{role[:3]}"
+                host = HOST_IFNAMES[role]
                 ipr.link("add", ifname=host, kind="veth", peer={"ifname": "eth0", "net_ns_fd": names[role]})
                 idx = ipr.link_lookup(ifname=host)[0]
                 ipr.link("set", index=idx, state="up")
@@ -352,10 +382,11 @@ def nginx(lab: Lab, *, cpu: str | None) -> Iterator[list[int]]:
             proc.wait(timeout=10)
 
 
-def load_all(lab: Lab, stockade_json: Path) -> None:
+def load_all(lab: Lab, stockade_json: Path, plan: NodePlan) -> None:
     """Every configuration's table, all dormant."""
     nsrun(lab.node, "nft", "-f", "-", stdin=CONNTRACK_ONLY)
-    nsrun(lab.node, "nft", "-f", "-", stdin=antispoof_only(naming.POD_INTERFACE_PREFIX))
+    nsrun(lab.node, "nft", "-f", "-", stdin=antispoof_only(plan))
+    nsrun(lab.node, "nft", "-f", "-", stdin=antispoof_fib_only(naming.POD_INTERFACE_PREFIX))
     nsrun(lab.node, "nft", "-f", "-", stdin=hook_only(naming.POD_INTERFACE_PREFIX))
     nsrun(lab.node, "nft", "-j", "-f", str(stockade_json))
     nsrun(lab.node, "nft", "add", "table", "inet", naming.TABLE, "{ flags dormant; }")
@@ -459,7 +490,7 @@ def cost_report(costs: dict[str, dict[str, list[float]]], configs: list[str]) ->
         for config in configs:
             values = costs[config][workload]
             print(
-                f"  {workload:<10} {config:<10} {statistics.median(values):8.1f} us"
+                f"  {workload:<10} {config:<13} {statistics.median(values):8.1f} us"
                 f"  ({min(values):.1f}-{max(values):.1f})"
             )
     ok = True
@@ -480,7 +511,7 @@ def cost_report(costs: dict[str, dict[str, list[float]]], configs: list[str]) ->
                 verdict = f"  target >= {TARGETS[workload]:.2f}: {'met' if passed else 'NOT met'}"
             rounds = " ".join(f"{r:.3f}" for r in ratios)
             print(
-                f"  {workload:<10} {config:<10} {median:.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+                f"  {workload:<10} {config:<13} {median:.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
                 f" [{rounds}]{verdict}"
             )
     return ok
@@ -493,7 +524,7 @@ def report(results: dict[str, dict[str, list[float]]], configs: list[str]) -> bo
         for config in configs:
             values = results[config][workload]
             print(
-                f"    {config:<10} {fmt(workload, statistics.median(values))}"
+                f"    {config:<13} {fmt(workload, statistics.median(values))}"
                 f"  ({fmt(workload, min(values)).strip()} - {fmt(workload, max(values)).strip()})"
             )
     ok = True
@@ -515,7 +546,7 @@ def report(results: dict[str, dict[str, list[float]]], configs: list[str]) -> bo
                 ok = ok and passed
                 verdict = f"  target >= {target:.2f}: {'met' if passed else 'NOT met'}"
             print(
-                f"  {workload:<10} {config:<10} {median:.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+                f"  {workload:<10} {config:<13} {median:.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
                 f" [{rounds}]{verdict}"
             )
     return ok
@@ -548,7 +579,7 @@ def main() -> None:
     print(f"nginx pinned to CPU {server_cpu}, wrk to CPU {client_cpu}" if server_cpu else "not pinned")
     print(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
     with lab() as bench:
-        stockade_json, summary = stockade_ruleset(bench.work)
+        stockade_json, plan, summary = stockade_ruleset(bench.work)
         print(f"stockade ruleset for {NODE}: {summary}")
         results: dict[str, dict[str, list[float]]] = {c: {w: [] for w in WORKLOADS} for c in configs}
         costs: dict[str, dict[str, list[float]]] = {c: {w: [] for w in WORKLOADS} for c in configs}
@@ -576,7 +607,7 @@ def main() -> None:
                     for workload in WORKLOADS:
                         measure("none", workload)
                 print(f"none: {args.rounds} rounds done", flush=True)
-            load_all(bench, stockade_json)
+            load_all(bench, stockade_json, plan)
             for round_no in range(args.rounds):
                 shift = round_no % len(interleaved)
                 order = interleaved[shift:] + interleaved[:shift]

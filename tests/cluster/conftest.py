@@ -6,8 +6,8 @@ reason (and the tail of the failing component's log), it is never skipped.
     STOCKADE_LAB_ATTACH=NAME        use a lab already up (`python -m tests.cluster.lab up --name NAME`)
                                     instead of starting one; it is left running afterwards.
     STOCKADE_LAB_PROXY_MODE=iptables  kube-proxy mode (default nftables).
-    STOCKADE_RELEASE_LAB_ATTACH=NAME  use a lab already up with the chart installed (`release.install`)
-                                    as `release_lab`; it is left running afterwards.
+    STOCKADE_RELEASE_LAB_ATTACH=NAME  the same for `release_lab`: a lab up with `--cni stockade`
+                                    and the chart installed (`tests.cluster.release.install`).
 """
 
 from __future__ import annotations

@@ -5,16 +5,20 @@ drift repair, removal. Each test runs in a fresh network namespace its thread ha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from compiler.cluster import PodSource
+from compiler.plan import build_plan
 from controller.applier import Applier
 from controller.nft import Nft
 from tests.kernel.test_render_load import nsexec
 from tests.support.nodelab import (
+    NODE,
     PODS,
     TableProbe,
     cli_counters,
@@ -23,6 +27,7 @@ from tests.support.nodelab import (
     kernel,
     kernel_of,
     load_with_counters,
+    model,
     node_netns,
     plan,
     routed_pods,
@@ -79,6 +84,29 @@ def test_adoption_removes_what_was_added_by_hand_and_replaces_a_dormant_table(no
     nsexec(node, "nft", "add", "table", "inet", "stockade", "{ flags dormant; }")
     assert Applier(nft=Nft()).apply(plan()).outcome == "adopted"
     assert kernel(node) == kernel_of(plan())  # not dormant any more: swapped whole
+
+
+def test_pod_sources_are_adopted_and_diffed_like_every_set(node: str) -> None:
+    """The (ifname . address) sets read back from the kernel as the plan writes them: adopting
+    them writes nothing, and a new listing of the routes is a diff of elements."""
+    first = {PodSource("stka", "10.244.1.2"), PodSource("stka", "fd00:1::2"), PodSource("stkb", "10.244.1.3")}
+    second = {
+        PodSource("stkb", "10.244.1.3"),
+        PodSource("stkc", "10.244.1.4"),
+        PodSource("stkc", "fd00:1::4"),
+    }
+    old, new = (
+        build_plan(dataclasses.replace(model(), pod_sources=frozenset(s)), node=NODE) for s in (first, second)
+    )
+    load_with_counters(node, old, 2)
+    result = Applier(nft=Nft()).apply(old)
+    assert (result.outcome, result.commands) == ("adopted", 0)
+    applier = Applier(nft=Nft())
+    applier.apply(old)
+    assert applier.apply(new).outcome == "diff"
+    assert kernel(node) == kernel_of(new)
+    assert {p for packets in cli_packets(node).values() for p in packets} == {2}  # no rule was touched
+    assert not applier.check().drifted
 
 
 # --- drift ----------------------------------------------------------------------------------------

@@ -18,16 +18,14 @@ from compiler.plan import build_plan
 from compiler.render_nft import render_nft
 from compiler.semantics import Peer, evaluate
 from tests.kernel.conftest import KernelLab
-from tests.support.conformance import NODE_NAME, PODS, Scenario, scenarios
+from tests.support.conformance import NODE_NAME, Scenario, scenarios
+from tests.support.conformance_report import render_suspicious, render_tables, suspicious, wrong
 from tests.support.netlab import NftError
-from tests.support.probe import ProbeResult, ReachKey, render_comparison
+from tests.support.probe import ProbeResult, ReachKey
 
 pytestmark = pytest.mark.kernel
 
 SCENARIOS = scenarios()
-# A probe outcome that says the harness, not the policy, is off: every probed port is served,
-# so nothing may be refused, and agents must always manage to send.
-SUSPICIOUS = frozenset({"refused", "error"})
 
 
 def _numbered(text: str) -> str:
@@ -49,28 +47,15 @@ def _explain(scenario: Scenario, src: str, dst: str, protocol: Protocol, port: i
 
 
 def report(scenario: Scenario, results: Mapping[ReachKey, ProbeResult], ruleset: str) -> str:
-    lines = [f"{scenario.id}: {scenario.case.name} (IPv{scenario.family})"]
-    wrong: list[ReachKey] = []
-    for protocol, port in scenario.probes:
-        measured = {(s, d): r.reachable for (s, d, p, n), r in results.items() if (p, n) == (protocol, port)}
-        details = {
-            (s, d): f"{r.outcome} after {r.elapsed_ms:.0f}ms, {r.attempts} attempt(s) {r.detail}".strip()
-            for (s, d, p, n), r in results.items()
-            if (p, n) == (protocol, port)
-        }
-        expected = scenario.expected_matrix((protocol, port))
-        lines.append(
-            render_comparison(expected, measured, names=PODS, title=f"{protocol}/{port}", details=details)
-        )
-        wrong += [(s, d, protocol, port) for (s, d), ok in expected.items() if measured.get((s, d)) != ok]
-    for s, d, p, n in wrong[:4]:
+    lines = [
+        f"{scenario.id}: {scenario.case.name} (IPv{scenario.family})",
+        render_tables(scenario.expected, results, probes=scenario.probes),
+    ]
+    for s, d, p, n in wrong(scenario.expected, results)[:4]:
         lines.append(f"reference semantics for {s} -> {d} {p}/{n}:\n{_explain(scenario, s, d, p, n)}")
-    odd = [r for r in results.values() if r.outcome in SUSPICIOUS]
-    for r in odd[:10]:
-        q = r.request
-        lines.append(
-            f"suspicious outcome {r.outcome!r} for {q.src} -> {q.dst} {q.protocol}/{q.port}: {r.detail}"
-        )
+    odd = suspicious(results.values())
+    if odd:
+        lines.append(render_suspicious(odd))
     lines.append(f"ruleset loaded:\n{_numbered(ruleset)}")
     return "\n\n".join(lines)
 
@@ -87,5 +72,5 @@ def test_conformance(scenario: Scenario, conformance_lab: KernelLab) -> None:
     results = prober.reachability(None, scenario.probes, scenario.family)
     measured = {k: r.reachable for k, r in results.items()}
     assert set(measured) == set(scenario.expected)
-    if measured != scenario.expected or any(r.outcome in SUSPICIOUS for r in results.values()):
+    if measured != scenario.expected or suspicious(results.values()):
         pytest.fail(report(scenario, results, ruleset))

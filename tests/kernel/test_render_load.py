@@ -27,7 +27,7 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from compiler import naming
-from compiler.cluster import ClusterModel
+from compiler.cluster import ClusterModel, PodSource
 from compiler.incremental import NodeCompiler, render_delta_json
 from compiler.model import Namespace, NetworkPolicy, Node, Pod
 from compiler.plan import build_plan
@@ -132,6 +132,16 @@ MODELS = [
     pytest.param(hostile.model, hostile.NODE, id="hostile-api-text"),
     pytest.param(lambda: clustergen.random_model(4), "unknown-node", id="unknown-node"),
     pytest.param(ClusterModel, "n1", id="empty-cluster"),
+    pytest.param(
+        lambda: dataclasses.replace(
+            clustergen.random_model(0),
+            pod_sources=frozenset(
+                {PodSource("stk0a1b2c3d4e5f", "10.244.1.2"), PodSource("stk9", "fd00:1::2")}
+            ),
+        ),
+        "n1",
+        id="pod-sources",
+    ),
 ]
 
 

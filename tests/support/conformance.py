@@ -164,6 +164,40 @@ def resolve_cidr(text: str, family: Family, addresses: Mapping[str, PodAddress])
     return host_prefix(address) if m.group("len") == "host" else supernet(address, int(m.group("len")))
 
 
+def has_symbolic_cidr(value: Any) -> bool:
+    """Whether a policy (or any part of one) names a pod's address symbolically."""
+    if isinstance(value, str):
+        return bool(_SYMBOLIC.match(value))
+    if isinstance(value, list):
+        return any(has_symbolic_cidr(v) for v in value)
+    if isinstance(value, dict):
+        return any(has_symbolic_cidr(v) for v in value.values())
+    return False
+
+
+def resolve_policy(
+    policy: Mapping[str, Any], family: Family, addresses: Mapping[str, PodAddress]
+) -> dict[str, Any]:
+    """A policy of the data file as an API object for one family: symbolic CIDRs resolved."""
+    resolved: dict[str, Any] = _resolve_all(dict(policy), family, addresses)
+    return resolved
+
+
+def pod_labels(step: Step, key: str) -> dict[str, str]:
+    """The full label set of pod ``key`` (``ns/name``) in a step: ``pod=<name>`` unless overridden."""
+    return dict(step.pod_labels.get(key, {"pod": key.split("/")[1]}))
+
+
+def namespace_labels(step: Step, namespace: str) -> dict[str, str]:
+    """The labels a step gives a namespace beyond ``kubernetes.io/metadata.name``."""
+    return dict(step.namespace_labels.get(namespace, {}))
+
+
+def serving_container_ports(cases: Sequence[Case] | None = None) -> list[dict[str, Any]]:
+    """Container ports (named as the data file says) for every port and protocol of `cases`."""
+    return [container_port(port, proto) for proto, ports in serving_ports(cases).items() for port in ports]
+
+
 def _resolve_all(value: Any, family: Family, addresses: Mapping[str, PodAddress]) -> Any:
     if isinstance(value, str):
         return resolve_cidr(value, family, addresses)
@@ -239,15 +273,13 @@ def build_model(
         make_pod(
             key,
             by_name[key],
-            labels=step.pod_labels.get(key, {"pod": key.split("/")[1]}),
+            labels=pod_labels(step, key),
             ports=ports,
         )
         for key in PODS
     )
-    namespaces = tuple(make_namespace(ns, step.namespace_labels.get(ns, {})) for ns in NAMESPACES)
-    policies = tuple(
-        NetworkPolicy.model_validate(_resolve_all(dict(p), family, by_name)) for p in step.policies
-    )
+    namespaces = tuple(make_namespace(ns, namespace_labels(step, ns)) for ns in NAMESPACES)
+    policies = tuple(NetworkPolicy.model_validate(resolve_policy(p, family, by_name)) for p in step.policies)
     return ClusterModel(namespaces=namespaces, pods=pods, policies=policies, nodes=(node or make_node(),))
 
 

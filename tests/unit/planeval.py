@@ -7,6 +7,10 @@ cannot see (conntrack, fib, interface types) is answered as for a new, unspoofed
 pod: `ct state` never matches, nor does `iiftype loopback`, nor the anti-spoofing drop. The
 kernel tests check those parts, and that nftables reads the rendered plan the same way.
 
+Anti-spoofing itself (the ``prerouting`` chain) has its own walk, :func:`prerouting_allows`, with
+the arrival interface and a model of the node's routing table standing in for the kernel's
+``fib`` lookup.
+
 Which pod a packet's address belongs to is decided here by :class:`AddressOwners`, written from
 the data-plane rules (DESIGN.md) and not from the compiler's own index: an oracle sharing that
 code would agree with the compiler on exactly the defects it must catch.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,8 +35,10 @@ from compiler.ir import (
     DportIn,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
+    IfnameAddrSet,
     IfnamePrefix,
     IifLoopback,
+    IifnameSaddrInSet,
     IntervalSet,
     L4protoIn,
     Match,
@@ -67,6 +74,7 @@ class CompiledPlan:
         self.spans: dict[str, tuple[tuple[int, int], ...]] = {}
         self.tuples: dict[str, frozenset[tuple[int, str, int]]] = {}
         self.pairs: dict[str, frozenset[tuple[int, int]]] = {}
+        self.sources: dict[str, frozenset[tuple[str, int]]] = {}
         for s in plan.sets:
             if isinstance(s, AddrSet):
                 self.addrs[s.name] = frozenset(_int(a) for a in s.elements)
@@ -76,6 +84,8 @@ class CompiledPlan:
                 self.tuples[s.name] = frozenset((_int(e.address), e.protocol, e.port) for e in s.elements)
             elif isinstance(s, SelfPairSet):
                 self.pairs[s.name] = frozenset((_int(a), _int(a)) for a in s.elements)
+            elif isinstance(s, IfnameAddrSet):
+                self.sources[s.name] = frozenset((e.ifname, _int(e.address)) for e in s.elements)
         self.maps = {m.name: {_int(e.address): e.verdict for e in m.entries} for m in plan.maps}
         self.chains = {c.name: c for c in plan.chains}
 
@@ -109,7 +119,9 @@ def _matches(plan: CompiledPlan, m: Match, pkt: Packet) -> bool:
         if m.family != pkt.family:
             return False
         return (_int(pkt.saddr), _int(pkt.daddr)) in plan.pairs[m.set_name]
-    if isinstance(m, CtStateIn | IifLoopback | IfnamePrefix | FibSaddrIifMissing | Icmpv6TypeIn):
+    if isinstance(
+        m, CtStateIn | IifLoopback | IfnamePrefix | IifnameSaddrInSet | FibSaddrIifMissing | Icmpv6TypeIn
+    ):
         # A new, valid TCP/UDP/SCTP packet, source not spoofed: every rule that names an interface
         # also needs a spoofed source or an invalid state, so the interface does not matter here.
         return False
@@ -150,6 +162,52 @@ def hook_allows(plan: CompiledPlan, hook: Literal["input", "forward"], pkt: Pack
     chain = plan.chains[hook]
     assert chain.hook is not None
     return run_chain(plan, chain, pkt) != "drop"  # a base chain's end is its policy: accept
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A packet entering the node on interface ``iifname`` from ``saddr``."""
+
+    iifname: str
+    saddr: str
+
+
+def routes_back(routes: Mapping[str, str], arrival: Arrival) -> bool:
+    """The strict reverse-path rule, on a node whose routing table sends each address of
+    ``routes`` to the interface it maps to (the /32 and /128 routes the CNI installs): the source
+    routes back via the arrival interface. A link-local source routes back via every interface
+    (each pod veth carries fe80::1/64, so each has a route to fe80::/64)."""
+    address = ipaddress.ip_address(arrival.saddr)
+    if address.version == 6 and address.is_link_local:
+        return True
+    return routes.get(str(address)) == arrival.iifname
+
+
+def _prerouting_match(plan: CompiledPlan, m: Match, arrival: Arrival, routes: Mapping[str, str]) -> bool:
+    family = ipaddress.ip_address(arrival.saddr).version
+    if isinstance(m, IfnamePrefix):
+        assert m.key == "iifname", "prerouting has no output interface"
+        return arrival.iifname.startswith(m.prefix)
+    if isinstance(m, IifnameSaddrInSet):
+        assert m.set_name in plan.sources, f"rule uses undeclared set {m.set_name}"
+        return m.family == family and (arrival.iifname, _int(arrival.saddr)) in plan.sources[m.set_name]
+    if isinstance(m, FibSaddrIifMissing):
+        return not routes_back(routes, arrival)
+    raise TypeError(f"prerouting: no model of {m!r}")
+
+
+def prerouting_allows(plan: CompiledPlan, arrival: Arrival, routes: Mapping[str, str]) -> bool:
+    """Whether the ``prerouting`` chain lets the packet on (its policy is accept)."""
+    chain = plan.chains["prerouting"]
+    assert chain.hook is not None and chain.hook.hook == "prerouting"
+    for rule in chain.rules:
+        if not all(_prerouting_match(plan, m, arrival, routes) for m in rule.matches):
+            continue
+        assert isinstance(rule.action, Verdict), "prerouting has no verdict maps"
+        if rule.action.kind in ("accept", "drop"):
+            return rule.action.kind == "accept"
+        assert rule.action.kind == "continue", f"prerouting: unexpected {rule.action}"
+    return True
 
 
 def _canonical(text: str) -> str | None:

@@ -6,7 +6,17 @@ import pytest
 
 from compiler.basechains import base_chains, tier_chains
 from compiler.errors import OptionError
-from compiler.ir import DROP, Chain, CtStateIn, FibSaddrIifMissing, IfnamePrefix, Rule, is_description
+from compiler.ir import (
+    ACCEPT,
+    DROP,
+    Chain,
+    CtStateIn,
+    FibSaddrIifMissing,
+    IfnamePrefix,
+    IifnameSaddrInSet,
+    Rule,
+    is_description,
+)
 from compiler.model import Family
 from compiler.options import CompileOptions
 from compiler.plan import build_plan
@@ -38,9 +48,22 @@ def test_every_host_wide_drop_is_scoped_to_pod_interfaces(families: tuple[Family
         assert [s.prefix for s in scopes] == ["stk"], f"{name}: {rule.comment!r} is not scoped to pods"
 
 
-def test_anti_spoofing_looks_at_the_arrival_interface() -> None:
-    (rule,) = [r for r in _chains((4, 6))["prerouting"].rules if not is_description(r)]
-    assert rule.matches == (IfnamePrefix("iifname", "stk"), FibSaddrIifMissing())
+def test_anti_spoofing_looks_up_known_pairs_then_the_route() -> None:
+    """Known (interface . address) pairs are accepted after one set lookup per family; whatever
+    misses meets the route lookup, which alone decides what is dropped."""
+    rules = [r for r in _chains((4, 6))["prerouting"].rules if not is_description(r)]
+    assert [(r.matches, r.action) for r in rules] == [
+        ((IfnamePrefix("iifname", "stk"), IifnameSaddrInSet(4, "pod-sources-v4")), ACCEPT),
+        ((IfnamePrefix("iifname", "stk"), IifnameSaddrInSet(6, "pod-sources-v6")), ACCEPT),
+        ((IfnamePrefix("iifname", "stk"), FibSaddrIifMissing()), DROP),
+    ]
+    assert [r.counter for r in rules] == [False, False, True]  # the drops are counted, hits not
+
+
+def test_every_prerouting_rule_first_compares_the_interface_name() -> None:
+    """Packets from uplinks pay a name compare per rule, never a set or route lookup."""
+    rules = [r for r in _chains((4, 6))["prerouting"].rules if not is_description(r)]
+    assert all(r.matches[0] == IfnamePrefix("iifname", "stk") for r in rules)
 
 
 def test_invalid_state_is_dropped_from_and_to_pods_only() -> None:

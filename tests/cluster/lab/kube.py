@@ -87,6 +87,11 @@ class Kube:
     def get(self, path: str, **query: str) -> Obj:
         return self.call("GET", path, query=query or None)
 
+    def text(self, path: str) -> str:
+        """GET a path that does not answer JSON (e.g. a pod's /metrics through the API's proxy)."""
+        with self._open("GET", path) as resp:
+            return str(resp.read().decode(errors="replace"))
+
     def create(self, path: str, body: Obj) -> Obj:
         return self.call("POST", path, body=body)
 

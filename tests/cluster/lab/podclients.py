@@ -11,6 +11,7 @@ lab's test-pod image runs the same agent with the ports as args). Each client is
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from tests.support.probe import PodEndpoint
 
 from .preflight import LabError
 from .realnode import containerd_socket
-from .state import proc_of, write_json
+from .state import Proc, proc_of, terminate, write_json
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -128,3 +129,18 @@ def client_endpoints(lab: Lab, pods: list[tuple[str, dict[str, Any]]]) -> list[P
                 raise LabError(f"client agent for {name} did not start: {log}")
             time.sleep(0.05)
     return out
+
+
+def stop_clients(lab: Lab, pods: list[dict[str, Any]]) -> None:
+    """Stop the client agents of these pods and drop their records: a client holds its pod's network
+    namespace open, so a test that deletes its pods before the lab goes stops their clients too."""
+    for pod in pods:
+        uid, node = str(pod["metadata"]["uid"]), str(pod["spec"].get("nodeName", ""))
+        base = lab.node_dir(node) / "pods" / uid
+        record = base.with_suffix(".json")
+        if record.exists():
+            agent = json.loads(record.read_text()).get("agent")
+            if agent:
+                terminate([Proc(**agent)])
+        for suffix in (".json", ".sock", ".log"):
+            base.with_suffix(suffix).unlink(missing_ok=True)

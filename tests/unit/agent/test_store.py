@@ -40,8 +40,10 @@ def run(events: list[Ev]) -> tuple[Store, list[str]]:
             out.append(f"{kind} {before}>{after}")
         elif isinstance(change, ModelChange):
             out.append(f"model {change.kind}")
-        else:
+        elif isinstance(change, CniChange):
             out.append(f"cni {change.uid}")
+        else:
+            out.append(f"sources {len(change.sources)}")
     return store, out
 
 
