@@ -205,7 +205,8 @@ def test_drift_is_repaired_within_the_check_interval(release_lab: Lab, app: App)
     flushed = nft(lab, "node-1", "flush", "table", "inet", "stockade")
     deleted = nft(lab, "node-2", "delete", "rule", "inet", "stockade", chain, "handle", str(handle))
     assert flushed.returncode == deleted.returncode == 0, (flushed.stderr, deleted.stderr)
-    assert all(table(lab, n) != planned[n] for n in planned), "the hand edits changed nothing"
+    # Not asserted: that the tables differ now (a check may repair them before they are read);
+    # that both edits were seen is the repair counters' rise, asserted below.
 
     restored: dict[str, float] = {}
     while len(restored) < len(planned):
@@ -242,6 +243,7 @@ def test_kill_9_of_an_agent_keeps_flows_and_the_table(release_lab: Lab, app: App
     denied = Probing(Prober(eps, timeout=0.5, confirm_timeout=0), app.requests("stranger"), pause=PROBE_EVERY)
     (friend_pod,) = wait_pods(lab, NS, "role=friend", count=1)
     server_1 = app.by_name[f"{NS}/server-1"]
+    _enforced(lab, app, "before the kill", since=time.monotonic())  # whatever ran before left it so
     planned = table(lab, "node-1")
     restarts = int(agent_status(agent_pod(lab, "node-1")).get("restartCount", 0))
     old_pid = agent_pid(lab, "node-1")
@@ -288,6 +290,7 @@ def test_an_api_outage_keeps_enforcement_and_later_changes_are_enforced(release_
     eps = list(app.by_name.values())
     allowed = Probing(Prober(eps), app.requests("friend"), pause=0.5)
     denied = Probing(Prober(eps, timeout=0.5, confirm_timeout=0), app.requests("stranger"), pause=0.5)
+    _enforced(lab, app, "before the outage", since=time.monotonic())
     with probing(allowed, denied) as started:
         with apiserver_stopped(lab):
             down = time.monotonic()
