@@ -378,6 +378,15 @@ def _netns_files(lab: Lab, node: str) -> dict[str, int]:
     return {name: int(ino) for name, ino in (line.split() for line in out.stdout.splitlines())}
 
 
+def _allocations(lab: Lab, node: str) -> set[str]:
+    """Addresses the node's IPAM holds: stockade-cni's (one file per address under its IPAM
+    directory; released ones wait in quarantine/, a directory not listed here) or host-local's
+    leases (--cni lab)."""
+    script = "ls /var/lib/stockade/ipam/* /var/lib/cni/networks/* 2>/dev/null; true"
+    out = subprocess.run(lab.in_node(node, ["sh", "-c", script]), capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
 def test_deleting_the_workloads_removes_containers_sandboxes_and_addresses(lab: Lab, app: App) -> None:
     victims = app["echo"] + app["pinned"]
     uids = {str(p["metadata"]["uid"]) for p in victims}
@@ -396,6 +405,8 @@ def test_deleting_the_workloads_removes_containers_sandboxes_and_addresses(lab: 
         for n in lab.cfg.all_nodes
     }
     assert sum(map(len, pod_netns.values())) == len(victims), pod_netns
+    allocated = set().union(*(_allocations(lab, n.name) for n in lab.cfg.all_nodes))
+    assert ips <= allocated, f"addresses without an IPAM allocation: {ips - allocated}"
     lab.kubectl("delete", "-n", NS, "deployment/echo", "deployment/pinned", "service/echo", "service/pinned")
     wait_gone(lab, NS, "app in (echo, pinned)")
 
@@ -408,16 +419,8 @@ def test_deleting_the_workloads_removes_containers_sandboxes_and_addresses(lab: 
         found += [f"link {link}" for link in links & host_links[node]]
         found += [f"route {r}" for r in set(routes) & ips]
         # Inside the node's mount namespace: the pods' netns files (containerd names them cni-*)
-        # and their address allocations: stockade-cni's (one file per address under its IPAM
-        # directory; released ones wait in quarantine/) or host-local's leases (--cni lab).
-        listing = subprocess.run(
-            lab.in_node(
-                node, ["sh", "-c", "ls /run/netns; ls /var/lib/stockade/ipam/* /var/lib/cni/networks/*"]
-            ),
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
+        # and their address allocations.
+        listing = set(_netns_files(lab, node)) | _allocations(lab, node)
         found += [f"netns {f}" for f in listing if f in pod_netns[node]]
         found += [f"IPAM allocation {f}" for f in listing if f in ips]
         cgroups = subprocess.run(
