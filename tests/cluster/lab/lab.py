@@ -1,9 +1,11 @@
 """The lab: start, inspect and stop a local Kubernetes cluster made of real parts.
 
-    lab = Lab.create(name="lab", nodes=2)
+    lab = Lab.create(name="lab", nodes=2)   # cni="stockade" (default) or "lab"
     lab.up()          # etcd, apiserver, controller manager, scheduler; per node containerd,
-                      # kubelet and kube-proxy; the CNI installer DaemonSet
+                      # kubelet and kube-proxy; with cni="lab" the lab's CNI installer DaemonSet
+    release.install_default(lab)   # cni="stockade": stockade-cni and the overlay make nodes Ready
     lab.kubectl("apply", "-f", "app.yaml")
+    lab.add_node()    # a node joins the running lab (lab.remove_node("node-3"): it leaves)
     lab.down()        # removes every namespace, link and process the lab made
 
 `up` first cleans up a crashed lab of the same name (from its record) and refuses to start over
