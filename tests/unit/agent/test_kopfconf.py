@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any, cast
 
 import kopf
 
@@ -27,10 +28,10 @@ def test_memories_hand_out_fresh_records_and_keep_none() -> None:
 
 def test_settings_store_nothing_and_list_by_page() -> None:
     s = settings()
-    body = kopf.Body(pod_body("a"))
+    body = kopf.Body(cast(Any, pod_body("a")))
     assert s.persistence.diffbase_storage.build(body=body) == {}
     assert s.persistence.diffbase_storage.fetch(body=body) is None
-    assert s.persistence.progress_storage.fetch(key="h", body=body) is None
+    assert s.persistence.progress_storage.fetch(key=kopf.HandlerId("h"), body=body) is None
     assert s.persistence.finalizer == ""
     assert (s.watching.chunk_size, s.queueing.idle_timeout) == (LISTING_PAGE, IDLE_WORKER)
     assert s.peering.standalone and not s.posting.enabled
