@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 def _light_pyroute2() -> None:
     """Let ``import pyroute2.<module>`` skip pyroute2's package ``__init__``, which imports every
     pyroute2 module (conntrack, NDB, IPVS, WiFi, ...) and is most of an ADD's start-up time; the
-    plugin needs only the RTNL socket and netns. Done only here, in the plugin's own short-lived
-    process: a long-running process (the agent, tests) imports pyroute2 normally. If pyroute2's
-    layout ever changes, the normal import is used."""
+    plugin needs only the RTNL message classes (:mod:`controller.cni.rtnl`). Done only here, in
+    the plugin's own short-lived process: a long-running process (the agent, tests) imports
+    pyroute2 normally. If pyroute2's layout ever changes, the normal import is used."""
     import importlib.util  # noqa: PLC0415
     import types  # noqa: PLC0415
 
@@ -81,15 +81,11 @@ def _light_pyroute2() -> None:
     package.__file__ = spec.origin
     sys.modules["pyroute2"] = package
     try:
-        from pyroute2 import netns  # noqa: PLC0415, F401 - probe the layout
-        from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415
-        from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415, F401
+        import controller.cni.rtnl  # noqa: PLC0415, F401 - probe the layout: all the plugin imports
     except ImportError:
         for name in [m for m in sys.modules if m == "pyroute2" or m.startswith("pyroute2.")]:
             del sys.modules[name]
-        return
-    # What `from pyroute2 import IPRoute` (the commands' import) needs from the package.
-    package.IPRoute = IPRoute  # type: ignore[attr-defined]
+        sys.modules.pop("controller.cni.rtnl", None)
 
 
 def run(environ: Mapping[str, str], data: bytes) -> dict[str, Any] | None:
@@ -117,10 +113,9 @@ def _ipam(conf: NetConf) -> Ipam:
 
 
 def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
-    from pyroute2 import IPRoute  # noqa: PLC0415
-
     from compiler.ifnames import pod_interface  # noqa: PLC0415 - import-free module
     from controller.cni import links, result  # noqa: PLC0415
+    from controller.cni.rtnl import Rtnl  # noqa: PLC0415
 
     owner = Attachment(container_id=env.container_id, ifname=env.ifname)
     host_ifname = pod_interface(env.container_id, env.ifname)
@@ -131,7 +126,7 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
         allocations = ipam.allocate(owner)
     addresses = [a.address for a in allocations]
     asked_agent = False
-    with IPRoute() as ipr:
+    with Rtnl() as ipr:
         try:
             links.remove_host_link(ipr, host_ifname)  # left by a crash mid-ADD of this attachment
             mtu = conf.mtu or links.default_mtu(ipr)
@@ -211,12 +206,11 @@ def _forget(conf: NetConf, container_id: str, env: CniEnv | None = None) -> None
 
 def cmd_del(env: CniEnv, conf: NetConf) -> None:
     """Idempotent: whatever is already gone is not an error."""
-    from pyroute2 import IPRoute  # noqa: PLC0415
-
     from compiler.ifnames import pod_interface  # noqa: PLC0415
     from controller.cni import links  # noqa: PLC0415
+    from controller.cni.rtnl import Rtnl  # noqa: PLC0415
 
-    with IPRoute() as ipr:
+    with Rtnl() as ipr:
         links.remove_host_link(ipr, pod_interface(env.container_id, env.ifname))
     ipam = _ipam(conf)
     with ipam.locked():
@@ -225,10 +219,9 @@ def cmd_del(env: CniEnv, conf: NetConf) -> None:
 
 
 def cmd_check(env: CniEnv, conf: NetConf) -> None:
-    from pyroute2 import IPRoute  # noqa: PLC0415
-
     from compiler.ifnames import pod_interface  # noqa: PLC0415
     from controller.cni import links, result  # noqa: PLC0415
+    from controller.cni.rtnl import Rtnl  # noqa: PLC0415
 
     owner = Attachment(container_id=env.container_id, ifname=env.ifname)
     ipam = _ipam(conf)
@@ -242,7 +235,7 @@ def cmd_check(env: CniEnv, conf: NetConf) -> None:
         problems += [
             f"prevResult does not list {a.address}" for a in allocations if str(a.address) not in listed
         ]
-    with IPRoute() as ipr:
+    with Rtnl() as ipr:
         problems += links.check(
             ipr,
             host_ifname=pod_interface(env.container_id, env.ifname),
@@ -256,10 +249,9 @@ def cmd_check(env: CniEnv, conf: NetConf) -> None:
 
 def cmd_gc(conf: NetConf) -> None:
     """Release what no valid attachment owns: addresses, and the veth pairs left with them."""
-    from pyroute2 import IPRoute  # noqa: PLC0415
-
     from compiler.ifnames import IFNAME_MAX, POD_INTERFACE_PREFIX, pod_interface  # noqa: PLC0415
     from controller.cni import links  # noqa: PLC0415
+    from controller.cni.rtnl import Rtnl  # noqa: PLC0415
 
     # Only names pod_interface makes: another tool's "stk..." link is never touched.
     hex_digits = IFNAME_MAX - len(POD_INTERFACE_PREFIX)
@@ -269,7 +261,7 @@ def cmd_gc(conf: NetConf) -> None:
     with ipam.locked():
         released = ipam.gc(valid)
     keep = {pod_interface(a.container_id, a.ifname) for a in valid}
-    with IPRoute() as ipr:
+    with Rtnl() as ipr:
         for link in ipr.get_links():
             name = link.get_attr("IFLA_IFNAME") or ""
             info = link.get_attr("IFLA_LINKINFO")
