@@ -130,13 +130,6 @@ def _index(ipr: Rtnl, ifname: str) -> int | None:
     return ipr.link_index(ifname)
 
 
-def _mac(ipr: Rtnl, index: int) -> str:
-    link = ipr.get_link(index)
-    if link is None:
-        raise CniError(LINK_FAILURE, f"interface {index} vanished while it was being configured")
-    return str(link.get_attr("IFLA_ADDRESS"))
-
-
 def _sysctl(key: str, value: str) -> None:
     path = Path("/proc/sys") / key
     if path.read_text().strip() != value:
@@ -181,13 +174,14 @@ def create(
                 LINK_FAILURE, f"cannot create the veth pair {host_ifname}/{pod_ifname}", str(exc)
             ) from exc
         try:
-            host = _index(ipr, host_ifname)
-            inner = _index(pod, pod_ifname)
-            if host is None or inner is None:
+            host_link, pod_link = ipr.get_link(ifname=host_ifname), pod.get_link(ifname=pod_ifname)
+            if host_link is None or pod_link is None:
                 raise CniError(
                     LINK_FAILURE, f"the veth pair {host_ifname}/{pod_ifname} vanished after creation"
                 )
-            host_mac, pod_mac = _mac(ipr, host), _mac(pod, inner)
+            host, inner = int(host_link["index"]), int(pod_link["index"])
+            host_mac = str(host_link.get_attr("IFLA_ADDRESS"))
+            pod_mac = str(pod_link.get_attr("IFLA_ADDRESS"))
             _configure_host(ipr, host, host_ifname=host_ifname, addresses=addresses)
             _configure_pod(pod, inner, addresses=addresses, host_mac=host_mac)
         except NetlinkError as exc:

@@ -15,6 +15,8 @@ hooks see the UDP packets), is decapsulated and forwarded again to the server.
 Configurations, switched in both nodes at once:
 
 - ``none``: no table at all (ruleset flushed: not even conntrack runs);
+- ``conntrack``: tests/bench/dataplane.py's one-rule table (``ct state established accept`` in
+  forward), the floor of any stateful policy: what Stockade's table costs beyond it is its own;
 - ``stockade``: in each node, the ruleset ``stockade compile`` produces for it from the compile
   benchmark's 10,000-pod, 1,000-policy cluster (``node-00`` and ``node-01``) with the two bench
   pods added (each isolated: the server admits only the client on its port, the client may reach
@@ -23,9 +25,10 @@ Configurations, switched in both nodes at once:
 The table is loaded from its JSON file when switched on (not timed) and flushed when switched
 off. Workloads as in tests/bench/dataplane.py (reused from it): ``new`` (``Connection: close``:
 requests/s are new connections/s), ``keepalive`` and ``throughput`` (a 16 MiB file over 4
-connections). Each round runs each workload under both configurations back to back, in an order
-alternating from round to round; ratios (stockade / none) are taken per round. Target (issue 9):
-throughput with the table within 5 % of without. The load average is printed: on a shared
+connections). Each round runs each workload under every configuration back to back, in an order
+rotated from round to round; ratios (stockade / none, conntrack / none, stockade / conntrack)
+are taken per round, for the rate and for the CPU time of every task on the path per request
+(dataplane.py's measure: wrk, nginx's worker, ksoftirqd). Target (issue 9): throughput with the table within 5 % of without. The load average is printed: on a shared
 machine the per-round ratios are the figure to trust.
 """
 
@@ -52,6 +55,7 @@ from controller import overlay
 from controller.overlay import OverlayNode
 from tests.bench import dataplane
 from tests.bench.dataplane import (
+    CONNTRACK_ONLY,
     WORKLOADS,
     Lab,
     bench_model,
@@ -69,7 +73,7 @@ SERVER_NODE, CLIENT_NODE = "node-00", "node-01"
 # CNI hands the bench pods addresses from these, and the overlay routes them.
 POD_CIDRS = {SERVER_NODE: "10.0.200.0/24", CLIENT_NODE: "10.1.200.0/24"}
 UNDERLAY = {SERVER_NODE: "192.0.2.1", CLIENT_NODE: "192.0.2.2"}
-CONFIGS = ("none", "stockade")
+CONFIGS = ("none", "conntrack", "stockade")
 TARGETS = {"throughput": 0.95}  # stockade / none, issue 9
 
 
@@ -130,6 +134,8 @@ def switch(nodes: tuple[CniLab, CniLab], config: str, tables: dict[str, Path]) -
         nsrun(lab.node, "nft", "flush", "ruleset")
         if config == "stockade":
             nsrun(lab.node, "nft", "-j", "-f", str(tables[node]))
+        elif config == "conntrack":
+            nsrun(lab.node, "nft", "-f", "-", stdin=CONNTRACK_ONLY.replace("    flags dormant\n", ""))
         nsrun(lab.node, "conntrack", "-F", check=False)  # every configuration starts from no flows
 
 
@@ -144,23 +150,23 @@ def report(results: dict[str, dict[str, list[float]]], costs: dict[str, dict[str
                 f"  {statistics.median(cpu):8.1f} us"
             )
     ok = True
-    print("\nper-round ratio stockade / none: rate; none's CPU / stockade's CPU. median (min-max) [rounds]")
+    print("\nper-round ratios: rate; CPU (the reference's CPU / this one's). median (min-max) [rounds]")
     for workload in WORKLOADS:
-        ratios = [
-            s / n for s, n in zip(results["stockade"][workload], results["none"][workload], strict=True)
-        ]
-        cpu = [n / s for s, n in zip(costs["stockade"][workload], costs["none"][workload], strict=True)]
-        median = statistics.median(ratios)
-        verdict = ""
-        if workload in TARGETS:
-            passed = median >= TARGETS[workload]
-            ok = ok and passed
-            verdict = f"  target >= {TARGETS[workload]:.2f}: {'met' if passed else 'NOT met'}"
-        print(
-            f"  {workload:<10} rate {median:.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
-            f" [{' '.join(f'{r:.3f}' for r in ratios)}]{verdict}"
-        )
-        print(f"  {'':<10} cpu  {statistics.median(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f})")
+        for config, base in (("stockade", "none"), ("conntrack", "none"), ("stockade", "conntrack")):
+            pairs = list(zip(results[config][workload], results[base][workload], strict=True))
+            ratios = [v / b for v, b in pairs]
+            cpu = [b / v for v, b in zip(costs[config][workload], costs[base][workload], strict=True)]
+            median = statistics.median(ratios)
+            verdict = ""
+            if (config, base) == ("stockade", "none") and workload in TARGETS:
+                passed = median >= TARGETS[workload]
+                ok = ok and passed
+                verdict = f"  target >= {TARGETS[workload]:.2f}: {'met' if passed else 'NOT met'}"
+            print(
+                f"  {workload:<10} {config}/{base:<9} rate {median:.3f} ({min(ratios):.3f}-{max(ratios):.3f})"
+                f" cpu {statistics.median(cpu):.3f} ({min(cpu):.3f}-{max(cpu):.3f})"
+                f" [{' '.join(f'{r:.2f}' for r in ratios)}]{verdict}"
+            )
     return ok
 
 
@@ -198,7 +204,8 @@ def main() -> None:
                 pinned = [c for c in (server_cpu, client_cpu) if c is not None]
                 watched = workers + ksoftirqd(pinned or [str(c) for c in os.sched_getaffinity(0)])
                 for round_no in range(args.rounds):
-                    order = CONFIGS if round_no % 2 == 0 else CONFIGS[::-1]
+                    shift = round_no % len(CONFIGS)
+                    order = CONFIGS[shift:] + CONFIGS[:shift]
                     for workload in WORKLOADS:
                         for config in order:
                             switch((one, two), config, tables)
