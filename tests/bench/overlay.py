@@ -28,8 +28,9 @@ requests/s are new connections/s), ``keepalive`` and ``throughput`` (a 16 MiB fi
 connections). Each round runs each workload under every configuration back to back, in an order
 rotated from round to round; ratios (stockade / none, conntrack / none, stockade / conntrack)
 are taken per round, for the rate and for the CPU time of every task on the path per request
-(dataplane.py's measure: wrk, nginx's worker, ksoftirqd). Target (issue 9): throughput with the table within 5 % of without. The load average is printed: on a shared
-machine the per-round ratios are the figure to trust.
+(dataplane.py's measure: wrk, nginx's worker, ksoftirqd). Target (issue 9): throughput with the
+table within 5 % of without. The load average is printed: on a shared machine the per-round
+ratios are the figure to trust.
 """
 
 from __future__ import annotations
