@@ -33,6 +33,7 @@ from controller.cni.errors import (
 
 if TYPE_CHECKING:
     from controller.cni.ipam import Ipam
+    from controller.cniclient import Pending
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,9 +126,12 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
         reused = bool(ipam.owned_by(owner))
         allocations = ipam.allocate(owner)
     addresses = [a.address for a in allocations]
-    asked_agent = False
+    pending: Pending | None = None
     with Rtnl() as ipr:
         try:
+            # The report goes first: the agent programs the pod (it needs only the addresses)
+            # while the links are made here; ADD returns only once both are done.
+            pending = _report(env, conf, [str(a) for a in addresses])
             links.remove_host_link(ipr, host_ifname)  # left by a crash mid-ADD of this attachment
             mtu = conf.mtu or links.default_mtu(ipr)
             link = links.create(
@@ -138,11 +142,12 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
                 addresses=addresses,
                 mtu=mtu,
             )
-            asked_agent = True
-            _report(env, conf, [str(a) for a in addresses])
+            if pending is not None:
+                _await_agent(pending, env)
         except BaseException:
             links.remove_host_link(ipr, host_ifname)
-            if asked_agent:  # it may have recorded the addresses before it refused
+            if pending is not None:  # it may have recorded the addresses, programmed or refused
+                pending.close()
                 _forget(conf, env.container_id, env)
             with ipam.locked():
                 # Addresses this ADD took were never used: free at once. Ones held before (an
@@ -152,13 +157,14 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
     return result.build(conf.cni_version, link=link, allocations=allocations, mtu=mtu, prev=conf.prev_result)
 
 
-def _report(env: CniEnv, conf: NetConf, addresses: list[str]) -> None:
-    """Policy before the first packet: the agent programs the pod before ADD returns."""
+def _report(env: CniEnv, conf: NetConf, addresses: list[str]) -> Pending | None:
+    """Policy before the first packet: send the agent the pod's addresses; the answer (the pod is
+    programmed) is awaited by :func:`_await_agent` before ADD returns. None: nobody to wait for."""
     if not conf.wait_for_agent:
-        return
+        return None
     from controller import cniclient  # noqa: PLC0415
-    from controller.cniproto import TIMEOUT, PodReport  # noqa: PLC0415
-    from controller.errors import AgentRefused, AgentUnavailable  # noqa: PLC0415
+    from controller.cniproto import PodReport  # noqa: PLC0415
+    from controller.errors import AgentUnavailable  # noqa: PLC0415
 
     namespace, name, uid = (env.arg(k) for k in ("K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_UID"))
     if not (namespace and name and uid):
@@ -167,21 +173,37 @@ def _report(env: CniEnv, conf: NetConf, addresses: list[str]) -> None:
             "pod, the agent is not asked",
             file=sys.stderr,
         )
-        return
+        return None
     report = PodReport(
         uid=uid, namespace=namespace, name=name, container_id=env.container_id, addresses=tuple(addresses)
     )
     try:
-        cniclient.add_pod(report, path=conf.agent_socket, timeout=conf.agent_timeout)
+        return cniclient.send(report, path=conf.agent_socket, timeout=conf.agent_timeout)
     except AgentUnavailable as exc:
-        # No agent (yet): the pod starts anyway; the fail-closed rules keep its podCIDR address
-        # unreachable until the agent programs it.
-        print(f"stockade-cni: proceeding without the agent: {exc}", file=sys.stderr)
+        _without_agent(exc)
+        return None
+
+
+def _await_agent(pending: Pending, env: CniEnv) -> None:
+    from controller.cniproto import TIMEOUT  # noqa: PLC0415
+    from controller.errors import AgentRefused, AgentUnavailable  # noqa: PLC0415
+
+    try:
+        pending.wait()
+    except AgentUnavailable as exc:
+        _without_agent(exc)
     except AgentRefused as exc:
         code = TRY_AGAIN_LATER if exc.code == TIMEOUT else AGENT_REFUSED
+        pod = f"{env.arg('K8S_POD_NAMESPACE')}/{env.arg('K8S_POD_NAME')}"
         raise CniError(
-            code, f"the Stockade agent could not program pod {namespace}/{name}: {exc.message}", exc.code
+            code, f"the Stockade agent could not program pod {pod}: {exc.message}", exc.code
         ) from exc
+
+
+def _without_agent(exc: Exception) -> None:
+    # No agent (yet), or no answer in time: the pod starts anyway; the fail-closed rules keep its
+    # podCIDR address unreachable until the agent programs it.
+    print(f"stockade-cni: proceeding without the agent: {exc}", file=sys.stderr)
 
 
 def _forget(conf: NetConf, container_id: str, env: CniEnv | None = None) -> None:
