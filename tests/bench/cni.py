@@ -43,8 +43,10 @@ from tests.support.cnilab import CniLab
 
 POD_ARGS = "K8S_POD_NAMESPACE=bench;K8S_POD_NAME=p{i};K8S_POD_UID=uid-bench-p{i}"
 AGENT_NODE = "node-00"
-# Inside node-00's podCIDRs in the synthetic cluster (10.0.0.0/16, fd00::/64), unused by its pods.
-AGENT_POD_CIDRS = ("10.0.200.0/24", "fd00::c8:0/112")
+# Inside node-00's podCIDRs in the synthetic cluster (10.0.0.0/16, fd00::/64), unused by its pods
+# and by dataplane.py's two bench pods (10.0.200.10, .20): an address the API shows for an older
+# pod is that pod's, and ADD would wait for nothing.
+AGENT_POD_CIDRS = ("10.0.201.0/24", "fd00::c9:0/112")
 
 Samples = tuple[list[float], list[float], list[float], list[float]]  # ADD, DEL: wall, then CPU
 
