@@ -5,9 +5,13 @@ built, so API text (policy names in rule comments) cannot change a command's mea
 list given to :meth:`Nft.run` is one netlink batch, which the kernel applies as one transaction:
 all of it or none of it.
 
-A libnftables context is not thread-safe; one lock serializes every call. The context talks to
-the network namespace the process (thread) was in when it first ran a command, so create and
-first use an :class:`Nft` in the namespace it is meant to manage.
+A libnftables context is not thread-safe; a lock serializes the calls on it. Listing has a
+context (and lock) of its own: a drift check's listing of a 10,000-pod table takes seconds on a
+busy node, and an apply (a CNI ADD waiting for its pod's entries) must not wait for it; the kernel
+keeps the two apart (a listing sees the ruleset before or after a transaction). A context talks
+to the network namespace the thread was in when it first ran a command, so an :class:`Nft` runs a
+first (cheap) command on both contexts when it is created: create it in the namespace it is meant
+to manage.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ class Nft:
         self._lock = threading.Lock()
         self._nft = nftables.Nftables(sofile=library)
         self._nft.set_json_output(True)
+        self._list_lock = threading.Lock()
+        self._list_nft = nftables.Nftables(sofile=library)
+        self._list_nft.set_json_output(True)
+        for context in (self._nft, self._list_nft):  # bind both to this thread's namespace now
+            context.json_cmd({"nftables": [{"list": {"tables": {"family": FAMILY}}}]})
 
     def run(self, doc: Json, *, what: str) -> None:
         """Run ``{"nftables": [...]}`` as one transaction; raises :class:`KernelRejected` with
@@ -51,8 +60,8 @@ class Nft:
     def list_table(self) -> Json | None:
         """``nft -j list table inet stockade`` as a document, or None when there is no such table."""
         query = {"nftables": [{"list": {"table": {"family": FAMILY, "name": TABLE}}}]}
-        with self._lock:
-            rc, output, error = self._nft.json_cmd(query)
+        with self._list_lock:
+            rc, output, error = self._list_nft.json_cmd(query)
         if rc != 0:
             if _NO_SUCH_OBJECT in str(error):
                 return None

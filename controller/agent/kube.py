@@ -214,6 +214,20 @@ def _list(api: Any, path: str, *, accept: str, page: int) -> list[dict[str, Any]
             return items
 
 
+_M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
+
+
+def limit_heap_arenas(arenas: int = 2) -> None:
+    """Let glibc keep at most ``arenas`` heaps. By default every thread that allocates may get its
+    own (up to 8 per core); the agent's worker, executor and HTTP threads each left a partly used
+    heap behind after the start. Call before threads start; a no-op where there is no glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(_M_ARENA_MAX, arenas)
+
+
 def release_memory() -> None:
     """Return freed heap to the system (glibc's malloc_trim); a no-op where there is none."""
     try:

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import kubernetes
 
+from controller.agent import kube
 from controller.agent.http import parse_listen
 from controller.agent.loop import Agent
 from controller.agent.operator import Options, Server, run
@@ -56,6 +57,7 @@ def cni_server(opts: Options) -> Callable[[Agent], Server] | None:
 
 def main(args: argparse.Namespace) -> int:
     opts = options(args)
+    kube.limit_heap_arenas()
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     applier = node_applier()

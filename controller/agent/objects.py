@@ -6,6 +6,11 @@ ports, a status with only phase and addresses. Two bodies that differ elsewhere 
 images, resourceVersion) parse to equal models, which :mod:`.store` uses to drop events that
 change nothing the plan depends on.
 
+The agent holds every pod for its life, so a parsed pod is also made compact
+(:func:`compact`): pods of one workload share one ``spec`` object (equal specs, frozen models),
+and models share the record pydantic keeps of which fields were given (a set per model object:
+about 2 KiB of a 5 KiB pod). Neither changes a value the compiler reads.
+
 NetworkPolicies are parsed as the API shows them (the model is strict: a field it does not
 know is an :class:`UnreadableObject`, never silently ignored); a malformed rule is the
 cluster model's business (:mod:`compiler.defects`).
@@ -13,12 +18,13 @@ cluster model's business (:mod:`compiler.defects`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from compiler.model import Namespace, NetworkPolicy, Node, Pod
+from compiler.model import Namespace, NetworkPolicy, Node, Pod, PodSpec
 from controller.errors import StockadeError
 
 Kind = Literal["NetworkPolicy", "Pod", "Namespace", "Node"]
@@ -95,6 +101,53 @@ def parse(kind: Kind, body: Mapping[str, Any]) -> Model:
     data = trimmed(kind, body)
     model = _MODELS[kind]
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate(data)
     except ValidationError as exc:
         raise UnreadableObject(kind, ref_of(body), exc) from exc
+    if isinstance(parsed, Pod):
+        return compact(parsed, spec_key=json.dumps(data["spec"], sort_keys=True))
+    return parsed
+
+
+# Bounds of the two tables below: a cluster has far fewer distinct pod specs (one per workload
+# version) and field combinations; a table that fills up is started again (sharing is only a saving).
+_SPECS_MAX = 8192
+_FIELD_SETS_MAX = 1024
+_specs: dict[str, PodSpec] = {}
+_field_sets: dict[tuple[type, frozenset[str]], set[str]] = {}
+
+
+def compact(pod: Pod, *, spec_key: str) -> Pod:
+    """``pod``, equal, sharing its spec with earlier pods of the same ``spec_key`` (the spec as
+    the API showed it) and its models' field records with every model of the same fields."""
+    spec = _specs.get(spec_key)
+    if spec is None or spec != pod.spec:
+        if len(_specs) >= _SPECS_MAX:
+            _specs.clear()
+        spec = _specs[spec_key] = pod.spec
+        _shared_fields(spec)
+    # Frozen to the compiler; here, just parsed and not yet seen by anyone, its spec is swapped
+    # for an equal one (model_copy would copy every field for that).
+    pod.__dict__["spec"] = spec
+    _shared_fields(pod)
+    return pod
+
+
+def _shared_fields(model: object) -> None:
+    """``model`` and the models in it with one shared field record per (class, fields given).
+    pydantic only reads that record (and copies it before a ``model_copy`` changes it); the
+    models are frozen, so nothing adds to it."""
+    if isinstance(model, BaseModel):
+        given = model.__pydantic_fields_set__
+        key = (type(model), frozenset(given))
+        shared = _field_sets.get(key)
+        if shared is None:
+            if len(_field_sets) >= _FIELD_SETS_MAX:
+                _field_sets.clear()
+            shared = _field_sets[key] = given
+        object.__setattr__(model, "__pydantic_fields_set__", shared)
+        for value in model.__dict__.values():
+            _shared_fields(value)
+    elif isinstance(model, tuple):
+        for item in model:
+            _shared_fields(item)

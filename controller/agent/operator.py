@@ -2,9 +2,9 @@
 writing nothing to them.
 
 Only event handlers are registered: kopf keeps no handler progress or diff-base for
-those, adds no finalizers and patches nothing; the storages are set to ones that cannot write
-anyway (:class:`_NoProgress`, :class:`_NoDiffBase`), posting kopf's own log lines as Events is
-off, and peering is off (``standalone``: one agent per node, none elects another).
+those, adds no finalizers and patches nothing, and keeps nothing per object
+(:mod:`controller.agent.kopfconf`); posting kopf's own log lines as Events is off, and peering is
+off (``standalone``: one agent per node, none elects another).
 
 Before kopf starts, the agent lists the four kinds itself and is seeded from that listing
 (:func:`initial_listing`), so only a plan compiled from a complete picture ever reaches the
@@ -29,6 +29,7 @@ import kubernetes
 
 from controller.agent import kube
 from controller.agent.http import serve
+from controller.agent.kopfconf import Forgetful, settings
 from controller.agent.loop import Agent
 from controller.agent.notices import Notice, ObjectRef
 from controller.agent.objects import Kind, Model, UnreadableObject, parse
@@ -52,49 +53,7 @@ COLLECTIONS: dict[Kind, str] = {
 }
 RESYNC_INTERVAL = 300.0  # seconds; also right after the API server answers again after an outage
 FIRST_RESYNC = 15.0  # seconds after the agent was seeded
-
-
-class _NoProgress(kopf.ProgressStorage):
-    """Handler progress is never stored (event handlers have none to store)."""
-
-    def fetch(self, **_: Any) -> None:
-        return None
-
-    def store(self, **_: Any) -> None:
-        return None
-
-    def purge(self, **_: Any) -> None:
-        return None
-
-    def touch(self, **_: Any) -> None:
-        return None
-
-    def clear(self, *, essence: Any) -> Any:
-        return essence
-
-
-class _NoDiffBase(kopf.DiffBaseStorage):
-    def fetch(self, **_: Any) -> None:
-        return None
-
-    def store(self, **_: Any) -> None:
-        return None
-
-
-def settings() -> kopf.OperatorSettings:
-    s = kopf.OperatorSettings()
-    s.peering.standalone = True
-    s.peering.clusterwide = True
-    s.posting.enabled = False  # the agent posts its own Events (controller.agent.kube)
-    s.scanning.disabled = True  # cluster-wide: no namespace or CRD scanning needed
-    s.persistence.progress_storage = _NoProgress()
-    s.persistence.diffbase_storage = _NoDiffBase()
-    s.persistence.finalizer = ""  # never used: no handler needs one
-    # Reconnect quickly after an API outage: the kernel keeps the last plan meanwhile.
-    s.watching.reconnect_backoff = 0.5
-    s.watching.server_timeout = 300
-    s.watching.client_timeout = 330
-    return s
+TRIM_INTERVAL = 30.0  # seconds between two returns of freed heap to the system
 
 
 def _unreadable(kind: Kind, body: Any, exc: UnreadableObject) -> Notice:
@@ -224,9 +183,16 @@ async def _resync_loop(agent: Agent, api: Any, health: kube.ApiHealth) -> None:
     # The first resync comes soon: it forgets what was deleted between the agent's own initial
     # listing and kopf's (kopf's listing shows what exists, not what went).
     last = time.monotonic() - RESYNC_INTERVAL + FIRST_RESYNC
+    trimmed = time.monotonic()
     was_healthy = True
     while True:
         await asyncio.sleep(1.0)
+        if time.monotonic() - trimmed >= TRIM_INTERVAL:
+            # kopf's own listing at start and bursts of events leave freed heap behind, at
+            # moments the agent cannot see; giving it back costs milliseconds (in a thread: ctypes
+            # lets go of the GIL, so the loop goes on meanwhile).
+            await asyncio.get_running_loop().run_in_executor(None, kube.release_memory)
+            trimmed = time.monotonic()
         healthy = health.healthy()
         recovered = healthy and not was_healthy
         was_healthy = healthy
@@ -304,6 +270,7 @@ async def run(
         await kopf.operator(
             registry=registry(agent, api_config=cfg),
             settings=settings(),
+            memories=Forgetful(),
             standalone=True,
             clusterwide=True,
             stop_flag=stop,

@@ -11,7 +11,8 @@ State lives in ``<ipamDir>/<network name>/``:
   before ``quarantineSeconds`` passed, so a late packet or a stale watch event about the old pod
   cannot meet a new one;
 - ``last-v4`` / ``last-v6``: the last address handed out; the search starts after it (round
-  robin, like host-local), which spreads reuse further.
+  robin, like host-local), which spreads reuse further. A hint only: renamed into place but not
+  fsynced (the allocation files are the truth, and they are).
 
 An allocation is keyed by (container id, interface name): ADD for a pair that already holds
 addresses returns them (a runtime retrying after a crash mid-ADD gets the same addresses, and
@@ -106,9 +107,15 @@ class Ipam:
                 if any(a.network == network for a in held):
                     continue
                 address = self._next_free(network, taken, quarantined)
-                self._write(self.dir / str(address), _owner_json(owner))
-                self._write(self.dir / f"last-v{network.version}", str(address))
+                self._write(self.dir / str(address), _owner_json(owner), sync_dir=False)
+                # Only a hint where the next search starts: atomic (renamed into place) but not
+                # fsynced; lost or stale after a crash, the search merely starts elsewhere.
+                self._write(self.dir / f"last-v{network.version}", str(address), durable=False)
                 made.append(Allocation(address=address, network=network, owner=owner))
+            if len(made) > len(held):
+                # One directory fsync for every new allocation file: ADD returns (and the address
+                # is in use) only after they are all durable.
+                _fsync_dir(self.dir)
         except BaseException:
             self._forget([a for a in made if a not in held])
             raise
@@ -117,11 +124,17 @@ class Ipam:
     def release(self, owner: Attachment, *, quarantine: bool = True) -> list[Allocation]:
         """Release what ``owner`` holds (nothing held is not an error); returns what was released."""
         held = self.owned_by(owner)
-        if quarantine and self.quarantine > 0:
+        if quarantine and self.quarantine > 0 and held:
             for allocation in held:
-                # The quarantine entry first: a crash between the two steps leaves the address
-                # allocated (the next DEL or GC finishes), never free without its grace period.
-                self._write(self.dir / QUARANTINE / str(allocation.address), json.dumps({"at": time.time()}))
+                # The quarantine entries first, durable before any allocation file goes: a crash
+                # between the two steps leaves the address allocated (the next DEL or GC
+                # finishes), never free without its grace period.
+                self._write(
+                    self.dir / QUARANTINE / str(allocation.address),
+                    json.dumps({"at": time.time()}),
+                    sync_dir=False,
+                )
+            _fsync_dir(self.dir / QUARANTINE)
         self._forget(held)
         return held
 
@@ -213,15 +226,20 @@ class Ipam:
             return None
 
     @staticmethod
-    def _write(path: Path, text: str) -> None:
+    def _write(path: Path, text: str, *, durable: bool = True, sync_dir: bool = True) -> None:
+        """Replace ``path`` atomically. ``durable``: the content is fsynced before the rename (after
+        a crash the file is complete or absent, never empty); ``sync_dir``: the rename too, here
+        (False: the caller fsyncs the directory once for several files)."""
         tmp = path.with_name(f"{_TMP_PREFIX}{path.name}.{os.getpid()}")
         try:
             with open(tmp, "w", encoding="utf-8") as f:
                 f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
+                if durable:
+                    f.flush()
+                    os.fsync(f.fileno())
             os.rename(tmp, path)
-            _fsync_dir(path.parent)
+            if durable and sync_dir:
+                _fsync_dir(path.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()

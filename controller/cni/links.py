@@ -18,7 +18,8 @@ pod asks for, and fe80::1 on the host veth answers NDP.
 The veth pair is created with its peer directly in the pod's namespace under its final name (one
 netlink request), so a crash never leaves a pod-side interface under a temporary name. The pod
 namespace is reached with a netlink socket opened inside it (setns there and back on this
-thread: the plugin is single-threaded, and a socket keeps the namespace it was made in).
+thread: the plugin is single-threaded, and a socket keeps the namespace it was made in). Netlink
+goes through :mod:`controller.cni.rtnl` (pyroute2's messages, without ``IPRoute``'s start-up).
 """
 
 from __future__ import annotations
@@ -30,13 +31,12 @@ import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 from controller.cni.errors import INTERFACE_CONFLICT, LINK_FAILURE, UNKNOWN_CONTAINER, CniError
 from controller.cni.ipam import Address
+from controller.cni.rtnl import Rtnl, setns
 
 GATEWAY4 = "169.254.1.1"
 GATEWAY6 = "fe80::1"
@@ -59,17 +59,17 @@ class PodLink:
     sandbox: str
 
 
-def default_mtu(ipr: Any) -> int:
+def default_mtu(ipr: Rtnl) -> int:
     """The uplink's MTU minus the VXLAN overhead: the uplink is the default route's device (IPv4
     first: the overlay prefers an IPv4 underlay)."""
     for family, overhead in ((socket.AF_INET, OVERHEAD_V4), (socket.AF_INET6, OVERHEAD_V6)):
-        for route in ipr.get_default_routes(family=family):
+        for route in ipr.get_routes(family):
             oif = route.get_attr("RTA_OIF")
-            if oif is None:
+            if route["dst_len"] != 0 or oif is None:
                 continue
-            links = ipr.get_links(oif)
-            if links:
-                return int(links[0].get_attr("IFLA_MTU")) - overhead
+            link = ipr.get_link(oif)
+            if link is not None:
+                return int(link.get_attr("IFLA_MTU")) - overhead
     return FALLBACK_UPLINK_MTU - OVERHEAD_V6
 
 
@@ -93,31 +93,31 @@ def verify_netns(path: str) -> None:
         home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             try:
-                netns.setns(fd, flags=0)
+                setns(fd)
             except OSError as exc:
                 raise CniError(
                     UNKNOWN_CONTAINER, f"CNI_NETNS {path} is not a network namespace", str(exc)
                 ) from exc
-            netns.setns(home, flags=0)
+            setns(home)
         finally:
             os.close(home)
 
 
 @contextlib.contextmanager
-def ipr_in(fd: int, path: str) -> Iterator[Any]:
-    """An IPRoute whose socket lives in the namespace ``fd``."""
+def ipr_in(fd: int, path: str) -> Iterator[Rtnl]:
+    """A netlink socket that lives in the namespace ``fd``."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            netns.setns(fd, flags=0)
+            setns(fd)
         except OSError as exc:
             raise CniError(
                 UNKNOWN_CONTAINER, f"CNI_NETNS {path} is not a network namespace", str(exc)
             ) from exc
         try:
-            ipr = IPRoute()
+            ipr = Rtnl()
         finally:
-            netns.setns(home, flags=0)
+            setns(home)
     finally:
         os.close(home)
     try:
@@ -126,13 +126,8 @@ def ipr_in(fd: int, path: str) -> Iterator[Any]:
         ipr.close()
 
 
-def _index(ipr: Any, ifname: str) -> int | None:
-    found = ipr.link_lookup(ifname=ifname)
-    return int(found[0]) if found else None
-
-
-def _mac(ipr: Any, index: int) -> str:
-    return str(ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
+def _index(ipr: Rtnl, ifname: str) -> int | None:
+    return ipr.link_index(ifname)
 
 
 def _sysctl(key: str, value: str) -> None:
@@ -141,13 +136,13 @@ def _sysctl(key: str, value: str) -> None:
         path.write_text(value)
 
 
-def remove_host_link(ipr: Any, host_ifname: str) -> bool:
+def remove_host_link(ipr: Rtnl, host_ifname: str) -> bool:
     """Delete the pod's veth pair by its host end (the peer goes with it). False: it was gone."""
     index = _index(ipr, host_ifname)
     if index is None:
         return False
     try:
-        ipr.link("del", index=index)
+        ipr.del_link(index)
     except NetlinkError as exc:
         if exc.code != 19:  # ENODEV: deleted meanwhile
             raise CniError(LINK_FAILURE, f"cannot delete {host_ifname}", str(exc)) from exc
@@ -155,7 +150,7 @@ def remove_host_link(ipr: Any, host_ifname: str) -> bool:
 
 
 def create(
-    ipr: Any,
+    ipr: Rtnl,
     *,
     host_ifname: str,
     pod_ifname: str,
@@ -173,25 +168,20 @@ def create(
                 f"(no {host_ifname} on the node); choose another CNI_IFNAME or remove it",
             )
         try:
-            ipr.link(
-                "add",
-                ifname=host_ifname,
-                kind="veth",
-                mtu=mtu,
-                peer={"ifname": pod_ifname, "net_ns_fd": fd, "mtu": mtu},
-            )
+            ipr.add_veth(ifname=host_ifname, peer=pod_ifname, peer_netns_fd=fd, mtu=mtu)
         except NetlinkError as exc:
             raise CniError(
                 LINK_FAILURE, f"cannot create the veth pair {host_ifname}/{pod_ifname}", str(exc)
             ) from exc
         try:
-            host = _index(ipr, host_ifname)
-            inner = _index(pod, pod_ifname)
-            if host is None or inner is None:
+            host_link, pod_link = ipr.get_link(ifname=host_ifname), pod.get_link(ifname=pod_ifname)
+            if host_link is None or pod_link is None:
                 raise CniError(
                     LINK_FAILURE, f"the veth pair {host_ifname}/{pod_ifname} vanished after creation"
                 )
-            host_mac, pod_mac = _mac(ipr, host), _mac(pod, inner)
+            host, inner = int(host_link["index"]), int(pod_link["index"])
+            host_mac = str(host_link.get_attr("IFLA_ADDRESS"))
+            pod_mac = str(pod_link.get_attr("IFLA_ADDRESS"))
             _configure_host(ipr, host, host_ifname=host_ifname, addresses=addresses)
             _configure_pod(pod, inner, addresses=addresses, host_mac=host_mac)
         except NetlinkError as exc:
@@ -203,47 +193,40 @@ def create(
     )
 
 
-def _configure_host(ipr: Any, index: int, *, host_ifname: str, addresses: list[Address]) -> None:
+def _configure_host(ipr: Rtnl, index: int, *, host_ifname: str, addresses: list[Address]) -> None:
     _sysctl(f"net/ipv4/conf/{host_ifname}/proxy_arp", "1")
     # Forwarding is what routes pods at all; enabling it per family only when that family has pods.
     if any(a.version == 4 for a in addresses):
         _sysctl("net/ipv4/ip_forward", "1")
     if any(a.version == 6 for a in addresses):
         _sysctl("net/ipv6/conf/all/forwarding", "1")
-        ipr.addr("add", index=index, address=GATEWAY6, prefixlen=64, flags=IFA_F_NODAD)
-    ipr.link("set", index=index, state="up")
+        ipr.add_addr(index, GATEWAY6, 64, flags=IFA_F_NODAD)
+    ipr.set_up(index)
     for address in addresses:
         if address.version == 4:
-            ipr.route("replace", dst=f"{address}/32", oif=index, scope=RT_SCOPE_LINK)
+            ipr.add_route(str(address), 32, oif=index, scope=RT_SCOPE_LINK, replace=True)
         else:
-            ipr.route("replace", dst=f"{address}/128", oif=index, family=socket.AF_INET6)
+            ipr.add_route(str(address), 128, oif=index, replace=True)
 
 
-def _configure_pod(pod: Any, index: int, *, addresses: list[Address], host_mac: str) -> None:
+def _configure_pod(pod: Rtnl, index: int, *, addresses: list[Address], host_mac: str) -> None:
     lo = _index(pod, "lo")
     if lo is not None:
-        pod.link("set", index=lo, state="up")
-    pod.link("set", index=index, state="up")
+        pod.set_up(lo)
+    pod.set_up(index)
     for address in addresses:
         if address.version == 4:
-            pod.addr("add", index=index, address=str(address), prefixlen=32)
-            pod.neigh("replace", dst=GATEWAY4, lladdr=host_mac, ifindex=index, state=NUD_PERMANENT)
-            pod.route("add", dst="0.0.0.0/0", gateway=GATEWAY4, oif=index, flags=RTNH_F_ONLINK)
+            pod.add_addr(index, str(address), 32)
+            pod.replace_neigh(index, GATEWAY4, host_mac, state=NUD_PERMANENT)
+            pod.add_route("0.0.0.0", 0, gateway=GATEWAY4, oif=index, flags=RTNH_F_ONLINK)
         else:
-            pod.addr("add", index=index, address=str(address), prefixlen=128, flags=IFA_F_NODAD)
-            pod.neigh(
-                "replace",
-                dst=GATEWAY6,
-                lladdr=host_mac,
-                ifindex=index,
-                state=NUD_PERMANENT,
-                family=socket.AF_INET6,
-            )
-            pod.route("add", dst="::/0", gateway=GATEWAY6, oif=index, family=socket.AF_INET6)
+            pod.add_addr(index, str(address), 128, flags=IFA_F_NODAD)
+            pod.replace_neigh(index, GATEWAY6, host_mac, state=NUD_PERMANENT)
+            pod.add_route("::", 0, gateway=GATEWAY6, oif=index)
 
 
 def check(
-    ipr: Any, *, host_ifname: str, pod_ifname: str, netns_path: str, addresses: list[Address]
+    ipr: Rtnl, *, host_ifname: str, pod_ifname: str, netns_path: str, addresses: list[Address]
 ) -> list[str]:
     """What differs from the routing model for this pod (empty: all is as ADD made it)."""
     problems: list[str] = []
@@ -253,7 +236,8 @@ def check(
     routes = {
         (r.get_attr("RTA_DST"), r["dst_len"])
         for family in (socket.AF_INET, socket.AF_INET6)
-        for r in ipr.get_routes(family=family, oif=host)
+        for r in ipr.get_routes(family)
+        if r.get_attr("RTA_OIF") == host
     }
     for address in addresses:
         if (str(address), address.max_prefixlen) not in routes:
@@ -262,16 +246,17 @@ def check(
         inner = _index(pod, pod_ifname)
         if inner is None:
             return [*problems, f"the sandbox has no interface {pod_ifname}"]
-        peer = pod.get_links(inner)[0].get_attr("IFLA_LINK")
+        link = pod.get_link(inner)
+        peer = link.get_attr("IFLA_LINK") if link is not None else None
         if peer != host:
             problems.append(f"{pod_ifname} in the sandbox is not the peer of {host_ifname}")
-        have = {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in pod.get_addr(index=inner)}
+        have = {ipaddress.ip_address(a.get_attr("IFA_ADDRESS")) for a in pod.get_addrs(inner)}
         problems += [f"{pod_ifname} lacks the address {a}" for a in addresses if a not in have]
         defaults = {
             r.get_attr("RTA_GATEWAY")
             for family in (socket.AF_INET, socket.AF_INET6)
-            for r in pod.get_routes(family=family, oif=inner)
-            if r["dst_len"] == 0
+            for r in pod.get_routes(family)
+            if r["dst_len"] == 0 and r.get_attr("RTA_OIF") == inner
         }
         for address in addresses:
             gateway = GATEWAY4 if address.version == 4 else GATEWAY6

@@ -33,6 +33,7 @@ from controller.cni.errors import (
 
 if TYPE_CHECKING:
     from controller.cni.ipam import Ipam
+    from controller.cniclient import Pending
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,9 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 def _light_pyroute2() -> None:
     """Let ``import pyroute2.<module>`` skip pyroute2's package ``__init__``, which imports every
     pyroute2 module (conntrack, NDB, IPVS, WiFi, ...) and is most of an ADD's start-up time; the
-    plugin needs only the RTNL socket and netns. Done only here, in the plugin's own short-lived
-    process: a long-running process (the agent, tests) imports pyroute2 normally. If pyroute2's
-    layout ever changes, the normal import is used."""
+    plugin needs only the RTNL message classes (:mod:`controller.cni.rtnl`). Done only here, in
+    the plugin's own short-lived process: a long-running process (the agent, tests) imports
+    pyroute2 normally. If pyroute2's layout ever changes, the normal import is used."""
     import importlib.util  # noqa: PLC0415
     import types  # noqa: PLC0415
 
@@ -81,15 +82,11 @@ def _light_pyroute2() -> None:
     package.__file__ = spec.origin
     sys.modules["pyroute2"] = package
     try:
-        from pyroute2 import netns  # noqa: PLC0415, F401 - probe the layout
-        from pyroute2.iproute.linux import IPRoute  # noqa: PLC0415
-        from pyroute2.netlink.exceptions import NetlinkError  # noqa: PLC0415, F401
+        import controller.cni.rtnl  # noqa: PLC0415, F401 - probe the layout: all the plugin imports
     except ImportError:
         for name in [m for m in sys.modules if m == "pyroute2" or m.startswith("pyroute2.")]:
             del sys.modules[name]
-        return
-    # What `from pyroute2 import IPRoute` (the commands' import) needs from the package.
-    package.IPRoute = IPRoute  # type: ignore[attr-defined]
+        sys.modules.pop("controller.cni.rtnl", None)
 
 
 def run(environ: Mapping[str, str], data: bytes) -> dict[str, Any] | None:
@@ -117,10 +114,9 @@ def _ipam(conf: NetConf) -> Ipam:
 
 
 def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
-    from pyroute2 import IPRoute  # noqa: PLC0415
-
     from compiler.ifnames import pod_interface  # noqa: PLC0415 - import-free module
     from controller.cni import links, result  # noqa: PLC0415
+    from controller.cni.rtnl import Rtnl  # noqa: PLC0415
 
     owner = Attachment(container_id=env.container_id, ifname=env.ifname)
     host_ifname = pod_interface(env.container_id, env.ifname)
@@ -130,9 +126,12 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
         reused = bool(ipam.owned_by(owner))
         allocations = ipam.allocate(owner)
     addresses = [a.address for a in allocations]
-    asked_agent = False
-    with IPRoute() as ipr:
+    pending: Pending | None = None
+    with Rtnl() as ipr:
         try:
+            # The report goes first: the agent programs the pod (it needs only the addresses)
+            # while the links are made here; ADD returns only once both are done.
+            pending = _report(env, conf, [str(a) for a in addresses])
             links.remove_host_link(ipr, host_ifname)  # left by a crash mid-ADD of this attachment
             mtu = conf.mtu or links.default_mtu(ipr)
             link = links.create(
@@ -143,11 +142,12 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
                 addresses=addresses,
                 mtu=mtu,
             )
-            asked_agent = True
-            _report(env, conf, [str(a) for a in addresses])
+            if pending is not None:
+                _await_agent(pending, env)
         except BaseException:
             links.remove_host_link(ipr, host_ifname)
-            if asked_agent:  # it may have recorded the addresses before it refused
+            if pending is not None:  # it may have recorded the addresses, programmed or refused
+                pending.close()
                 _forget(conf, env.container_id, env)
             with ipam.locked():
                 # Addresses this ADD took were never used: free at once. Ones held before (an
@@ -157,13 +157,14 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
     return result.build(conf.cni_version, link=link, allocations=allocations, mtu=mtu, prev=conf.prev_result)
 
 
-def _report(env: CniEnv, conf: NetConf, addresses: list[str]) -> None:
-    """Policy before the first packet: the agent programs the pod before ADD returns."""
+def _report(env: CniEnv, conf: NetConf, addresses: list[str]) -> Pending | None:
+    """Policy before the first packet: send the agent the pod's addresses; the answer (the pod is
+    programmed) is awaited by :func:`_await_agent` before ADD returns. None: nobody to wait for."""
     if not conf.wait_for_agent:
-        return
+        return None
     from controller import cniclient  # noqa: PLC0415
-    from controller.cniproto import TIMEOUT, PodReport  # noqa: PLC0415
-    from controller.errors import AgentRefused, AgentUnavailable  # noqa: PLC0415
+    from controller.cniproto import PodReport  # noqa: PLC0415
+    from controller.errors import AgentUnavailable  # noqa: PLC0415
 
     namespace, name, uid = (env.arg(k) for k in ("K8S_POD_NAMESPACE", "K8S_POD_NAME", "K8S_POD_UID"))
     if not (namespace and name and uid):
@@ -172,21 +173,37 @@ def _report(env: CniEnv, conf: NetConf, addresses: list[str]) -> None:
             "pod, the agent is not asked",
             file=sys.stderr,
         )
-        return
+        return None
     report = PodReport(
         uid=uid, namespace=namespace, name=name, container_id=env.container_id, addresses=tuple(addresses)
     )
     try:
-        cniclient.add_pod(report, path=conf.agent_socket, timeout=conf.agent_timeout)
+        return cniclient.send(report, path=conf.agent_socket, timeout=conf.agent_timeout)
     except AgentUnavailable as exc:
-        # No agent (yet): the pod starts anyway; the fail-closed rules keep its podCIDR address
-        # unreachable until the agent programs it.
-        print(f"stockade-cni: proceeding without the agent: {exc}", file=sys.stderr)
+        _without_agent(exc)
+        return None
+
+
+def _await_agent(pending: Pending, env: CniEnv) -> None:
+    from controller.cniproto import TIMEOUT  # noqa: PLC0415
+    from controller.errors import AgentRefused, AgentUnavailable  # noqa: PLC0415
+
+    try:
+        pending.wait()
+    except AgentUnavailable as exc:
+        _without_agent(exc)
     except AgentRefused as exc:
         code = TRY_AGAIN_LATER if exc.code == TIMEOUT else AGENT_REFUSED
+        pod = f"{env.arg('K8S_POD_NAMESPACE')}/{env.arg('K8S_POD_NAME')}"
         raise CniError(
-            code, f"the Stockade agent could not program pod {namespace}/{name}: {exc.message}", exc.code
+            code, f"the Stockade agent could not program pod {pod}: {exc.message}", exc.code
         ) from exc
+
+
+def _without_agent(exc: Exception) -> None:
+    # No agent (yet), or no answer in time: the pod starts anyway; the fail-closed rules keep its
+    # podCIDR address unreachable until the agent programs it.
+    print(f"stockade-cni: proceeding without the agent: {exc}", file=sys.stderr)
 
 
 def _forget(conf: NetConf, container_id: str, env: CniEnv | None = None) -> None:
@@ -211,12 +228,11 @@ def _forget(conf: NetConf, container_id: str, env: CniEnv | None = None) -> None
 
 def cmd_del(env: CniEnv, conf: NetConf) -> None:
     """Idempotent: whatever is already gone is not an error."""
-    from pyroute2 import IPRoute  # noqa: PLC0415
-
     from compiler.ifnames import pod_interface  # noqa: PLC0415
     from controller.cni import links  # noqa: PLC0415
+    from controller.cni.rtnl import Rtnl  # noqa: PLC0415
 
-    with IPRoute() as ipr:
+    with Rtnl() as ipr:
         links.remove_host_link(ipr, pod_interface(env.container_id, env.ifname))
     ipam = _ipam(conf)
     with ipam.locked():
@@ -225,10 +241,9 @@ def cmd_del(env: CniEnv, conf: NetConf) -> None:
 
 
 def cmd_check(env: CniEnv, conf: NetConf) -> None:
-    from pyroute2 import IPRoute  # noqa: PLC0415
-
     from compiler.ifnames import pod_interface  # noqa: PLC0415
     from controller.cni import links, result  # noqa: PLC0415
+    from controller.cni.rtnl import Rtnl  # noqa: PLC0415
 
     owner = Attachment(container_id=env.container_id, ifname=env.ifname)
     ipam = _ipam(conf)
@@ -242,7 +257,7 @@ def cmd_check(env: CniEnv, conf: NetConf) -> None:
         problems += [
             f"prevResult does not list {a.address}" for a in allocations if str(a.address) not in listed
         ]
-    with IPRoute() as ipr:
+    with Rtnl() as ipr:
         problems += links.check(
             ipr,
             host_ifname=pod_interface(env.container_id, env.ifname),
@@ -256,10 +271,9 @@ def cmd_check(env: CniEnv, conf: NetConf) -> None:
 
 def cmd_gc(conf: NetConf) -> None:
     """Release what no valid attachment owns: addresses, and the veth pairs left with them."""
-    from pyroute2 import IPRoute  # noqa: PLC0415
-
     from compiler.ifnames import IFNAME_MAX, POD_INTERFACE_PREFIX, pod_interface  # noqa: PLC0415
     from controller.cni import links  # noqa: PLC0415
+    from controller.cni.rtnl import Rtnl  # noqa: PLC0415
 
     # Only names pod_interface makes: another tool's "stk..." link is never touched.
     hex_digits = IFNAME_MAX - len(POD_INTERFACE_PREFIX)
@@ -269,7 +283,7 @@ def cmd_gc(conf: NetConf) -> None:
     with ipam.locked():
         released = ipam.gc(valid)
     keep = {pod_interface(a.container_id, a.ifname) for a in valid}
-    with IPRoute() as ipr:
+    with Rtnl() as ipr:
         for link in ipr.get_links():
             name = link.get_attr("IFLA_IFNAME") or ""
             info = link.get_attr("IFLA_LINKINFO")

@@ -197,24 +197,28 @@ def preflight() -> dict[str, str]:
 # --- the cluster and the rulesets -------------------------------------------------------------------
 
 
-def bench_model() -> ClusterModel:
-    """The synthetic cluster plus namespace ``bench``: server and client on node-00, each isolated."""
+def bench_model(
+    *, server_ip: str = SERVER_IP, client_ip: str = CLIENT_IP, client_node: str = NODE
+) -> ClusterModel:
+    """The synthetic cluster plus namespace ``bench``: server on node-00 and client (on node-00
+    unless ``client_node`` says otherwise: the overlay bench puts it on another node), each
+    isolated."""
     base = synthetic_cluster(pods=10_000, namespaces=500, policies=1_000, nodes=20)
     bench_ns = Namespace.model_validate(
         {"metadata": {"name": "bench", "labels": {"team": "team-0", "env": "prod"}}}
     )
 
-    def pod(name: str, ip: str, app: str, ports: list[dict[str, Any]]) -> Pod:
+    def pod(name: str, ip: str, app: str, ports: list[dict[str, Any]], node: str = NODE) -> Pod:
         return Pod.model_validate(
             {
                 "metadata": {"name": name, "namespace": "bench", "labels": {"app": app, "tier": "frontend"}},
-                "spec": {"nodeName": NODE, "containers": [{"ports": ports}]},
+                "spec": {"nodeName": node, "containers": [{"ports": ports}]},
                 "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
             }
         )
 
-    server = pod("server", SERVER_IP, "bench-server", [{"containerPort": PORT, "name": "http"}])
-    client = pod("client", CLIENT_IP, "bench-client", [])
+    server = pod("server", server_ip, "bench-server", [{"containerPort": PORT, "name": "http"}])
+    client = pod("client", client_ip, "bench-client", [], client_node)
     policies = [
         {
             "metadata": {"name": "default-deny"},
@@ -261,15 +265,19 @@ def bench_model() -> ClusterModel:
         nodes=base.nodes,
         # The pairs the node agent reads from the lab's routes (a /32 to each pod's veth).
         pod_sources=frozenset(
-            {PodSource(HOST_IFNAMES["server"], SERVER_IP), PodSource(HOST_IFNAMES["client"], CLIENT_IP)}
+            {PodSource(HOST_IFNAMES["server"], server_ip), PodSource(HOST_IFNAMES["client"], client_ip)}
         ),
     )
 
 
-def stockade_ruleset(work: Path) -> tuple[Path, NodePlan, str]:
+def stockade_ruleset(
+    work: Path, *, model: ClusterModel | None = None, node: str = NODE
+) -> tuple[Path, NodePlan, str]:
+    """The ruleset ``node`` gets for ``model`` (default: :func:`bench_model`) as a libnftables JSON
+    file in ``work``, its plan, and a one-line summary of it."""
     started = time.perf_counter()
-    plan = build_plan(bench_model(), node=NODE)
-    path = work / "stockade.json"
+    plan = build_plan(model or bench_model(), node=node)
+    path = work / f"stockade-{node}.json"
     path.write_text(json.dumps(render_json(plan)))
     rules = sum(len(c.rules) for c in plan.chains)
     elements = sum(len(s.elements) for s in plan.sets)
@@ -289,6 +297,7 @@ class Lab:
     server: str
     client: str
     work: Path
+    server_ip: str = SERVER_IP
 
 
 def nsrun(
@@ -355,7 +364,7 @@ def nginx(lab: Lab, *, cpu: str | None) -> Iterator[list[int]]:
     (tmp / "www").mkdir(parents=True)
     (tmp / "www" / "big").write_bytes(os.urandom(BIG_BYTES))
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, ip=SERVER_IP, port=PORT))
+    conf.write_text(NGINX_CONF.format(tmp=tmp, ip=lab.server_ip, port=PORT))
     pin = ["taskset", "-c", cpu] if cpu is not None else []
     proc = subprocess.Popen(
         [*pin, "nsenter", f"--net=/run/netns/{lab.server}", "nginx", "-p", str(tmp), "-c", str(conf)],
@@ -366,7 +375,7 @@ def nginx(lab: Lab, *, cpu: str | None) -> Iterator[list[int]]:
     try:
         deadline = time.monotonic() + 10
         while nsrun(
-            lab.client, "wrk", "-t1", "-c1", "-d1s", f"http://{SERVER_IP}:{PORT}/", check=False
+            lab.client, "wrk", "-t1", "-c1", "-d1s", f"http://{lab.server_ip}:{PORT}/", check=False
         ).returncode:
             if proc.poll() is not None or time.monotonic() > deadline:
                 fail(f"nginx did not start: {proc.stderr.read() if proc.stderr else ''}")
@@ -432,7 +441,7 @@ def wrk(
     script = lab.work / "report.lua"
     if not script.exists():
         script.write_text(WRK_SCRIPT)
-    url = f"http://{SERVER_IP}:{PORT}/"
+    url = f"http://{lab.server_ip}:{PORT}/"
     args = ["-t1", f"-d{seconds}s", "-s", str(script), "--timeout", "5s"]
     if workload == "new":
         args += [f"-c{connections}", "-H", "Connection: close", url]

@@ -7,11 +7,13 @@ pods before and after its NetworkPolicies, and `stockade explain` on two pairs.
 
 The lab starts with no CNI of its own: the chart's init containers install stockade-cni on every
 node, which makes the nodes Ready and attaches the pods (the agent programs each new pod before
-its first packet). The policies are applied with `kubectl apply` and enforced live by the agents;
-the demo prints the time from `kubectl apply` to the first blocked probe, then checks the measured
-matrix against Stockade's reference semantics; any difference fails the demo. `--attach` to a lab
-with its own CNI installs the chart with `cni.install=false` (the agents enforce on the lab's
-pods) and uninstalls it afterwards.
+its first packet), and the agents' VXLAN overlay carries pod traffic between the nodes. The
+policies are applied with `kubectl apply` and enforced live by the agents; the demo prints the
+time from `kubectl apply` to the first blocked probe, then checks the measured matrix against
+Stockade's reference semantics; any difference fails the demo. `--attach` to a lab that has the
+release already (what `python -m tests.cluster.lab up` makes) uses it and leaves it installed;
+to a lab without one (`up --no-release`, or `--cni lab`: then with `cni.install=false`, the agents
+enforcing on the lab's own pods) it installs the chart and uninstalls it afterwards.
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ from tests.support.probe import Family, PodEndpoint, Prober, ProbeRequest, rende
 
 from . import release
 from .lab import Lab, LabError
-from .lab.config import STOCKADE_CNI_IMAGES
 from .lab.underlay import in_netns
 from .lab.workloads import apply, endpoints, wait_pods
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             "1. start a two-node lab (etcd, kube-apiserver, controller manager, scheduler; "
             "kubelet, containerd, kube-proxy per node)"
         )
-        lab = Lab.create(name="demo", nodes=2, images=STOCKADE_CNI_IMAGES, cni="stockade")
+        lab = Lab.create(name="demo", nodes=2, cni="stockade")
         try:
             run(["bash", str(REPO / "tests/images/build.sh"), release.IMAGE], show=False)
             lab.up()
@@ -163,14 +164,15 @@ def main(argv: list[str] | None = None) -> int:
             say(f"demo failed: {exc}")
             return 1
         say(f"lab up in {time.monotonic() - started:.1f}s")
+    had_release = bool(args.attach) and release.installed(lab)
     try:
-        return _demo(lab, started)
+        return _demo(lab, started, install_release=not had_release)
     except LabError as exc:
         say(f"demo failed: {exc}")
         return 1
     finally:
         if args.attach:
-            undo(lab)
+            undo(lab, uninstall=not had_release)
         elif args.keep:
             lab.rec.detached, lab.rec.owner_pid = True, 0
             lab.rec.save(lab.cfg.dir / "state.json")
@@ -184,13 +186,16 @@ def main(argv: list[str] | None = None) -> int:
             say(f"\nlab down; demo took {time.monotonic() - started:.1f}s")
 
 
-def undo(lab: Lab) -> None:
-    """Leave an attached lab as the demo found it: no demo namespaces, Stockade uninstalled (its
-    pre-delete hook removes table inet stockade from every node)."""
+def undo(lab: Lab, *, uninstall: bool) -> None:
+    """Leave an attached lab as the demo found it: no demo namespaces (the policies go with them),
+    and Stockade uninstalled if the demo installed it (its pre-delete hook removes table inet
+    stockade from every node)."""
     lab.kubectl("delete", "-f", str(DEMO / "app.yaml"), "--ignore-not-found", "--wait=true", "--timeout=120s")
-    if release.installed(lab):
+    if uninstall and release.installed(lab):
         release.uninstall(lab)
-    say("demo objects removed and Stockade uninstalled from the lab")
+        say("demo objects removed and Stockade uninstalled from the lab")
+    else:
+        say("demo objects removed; the lab's Stockade release stays installed")
 
 
 def install(lab: Lab) -> None:
@@ -223,13 +228,16 @@ def time_enforcement(lab: Lab, pods: list[DemoPod], manifest: str) -> float:
             )
 
 
-def _demo(lab: Lab, started: float) -> int:
+def _demo(lab: Lab, started: float, *, install_release: bool) -> int:
     for line in lab.status():
         if line.startswith(("  node ", "lab ")):
             say(line)
 
     heading("2. install Stockade with helm")
-    install(lab)
+    if install_release:
+        install(lab)
+    else:
+        say(f"already installed in lab {lab.cfg.name}: release {release.RELEASE} in {release.NAMESPACE}")
 
     heading("3. deploy the shop: examples/demo/app.yaml")
     say(apply(lab, (DEMO / "app.yaml").read_text()).rstrip())

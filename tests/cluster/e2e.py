@@ -7,8 +7,10 @@ Runs `e2e.test` (built from k8s.io/kubernetes v1.37.2 by tests/tools/build.sh) w
 to tests/e2e-results/junit.xml and prints one summary line. Without `--attach` it starts a real-node
 lab named `e2e` (and removes it afterwards unless `--keep`). `--quick` runs only the QUICK subset.
 `--enforcer stockade` (the default) runs the suite against Stockade installed with `helm install`
-(`release.py`; a lab it starts has no other CNI, so `stockade-cni` attaches every pod; an attached
-lab gets the release unless it has one); `--enforcer none` runs it against the lab's plain CNI.
+(`release.py`; a lab it starts has no other CNI, so `stockade-cni` attaches every pod and the
+agents' VXLAN overlay joins the nodes, as in `python -m tests.cluster.lab up`; an attached lab gets
+the release unless it has one); `--enforcer none` runs it against a lab with the lab's plain ptp
+CNI and underlay routes (`--cni lab`), the baseline without an enforcer.
 Exit status: the suite's.
 """
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 from tests.cluster import release
 from tests.cluster.lab import Lab, LabError
-from tests.cluster.lab.config import LAB_IMAGES, STOCKADE_CNI_IMAGES
+from tests.cluster.lab.config import CniMode, default_images
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "tests" / "e2e-results"
@@ -115,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         if "agnhost" not in lab.cfg.images:
             lab.import_images(("agnhost",))  # the suite's one image; importing it again is harmless
     else:
-        base = STOCKADE_CNI_IMAGES if stockade else LAB_IMAGES
-        lab = Lab.create(
-            name="e2e", nodes=args.nodes, images=(*base, "agnhost"), cni="stockade" if stockade else "lab"
-        )
+        # With Stockade the nodes use stockade-cni and the agents' overlay (the lab's default);
+        # without, the lab's own ptp CNI and underlay routes: the suite's baseline.
+        cni: CniMode = "stockade" if stockade else "lab"
+        lab = Lab.create(name="e2e", nodes=args.nodes, images=(*default_images(cni), "agnhost"), cni=cni)
         own = True
         lab.up()
     try:

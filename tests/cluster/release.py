@@ -1,9 +1,11 @@
 """Stockade installed into a lab the way users install it: `helm install` of charts/stockade with the
 image built by tests/images (`imagePullPolicy: Never`: nothing is pulled), then waiting until the
-DaemonSet is Ready on every node and every node is Ready. Used by the chart's lab test and the demo.
+DaemonSet is Ready on every node and every node is Ready. Used by the lab's `up`, the test session,
+the chart's lab test, the demo and `make e2e`.
 
-In a lab started with `cni="stockade"` the chart's init containers write the nodes' only CNI
-config, so the nodes turn Ready through it. In a lab with its own CNI (`cni="lab"`, Debian ptp)
+In a lab started with `cni="stockade"` (the default) the chart's init containers write the nodes'
+only CNI config, so the nodes turn Ready through it, and the agents' VXLAN overlay is the only
+path between the nodes' pods. In a lab with its own CNI (`cni="lab"`, Debian ptp)
 the chart is installed with `cni.install=false`: pods keep the lab's CNI and Stockade enforces
 policy on them (without stockade-cni's pod-interface names and startup wait).
 """
@@ -77,6 +79,12 @@ def install(lab: Lab, values_file: str, *, timeout: float = 240.0) -> float:
             )
         time.sleep(0.5)
     return time.monotonic() - started
+
+
+def install_default(lab: Lab, *, timeout: float = 240.0) -> float:
+    """The release with the default values (written next to the lab's record): what makes a lab
+    started with stockade-cni usable. Seconds until the DaemonSet and every node are Ready."""
+    return install(lab, write_values(lab, str(lab.cfg.dir / "stockade-values.yaml")), timeout=timeout)
 
 
 def write_values(lab: Lab, path: str, extra: dict[str, Any] | None = None) -> str:

@@ -5,7 +5,7 @@ DaemonSet installed by `helm install`): what a running cluster must survive.
   `/metrics` under that policy (scraped from inside the node: the agent has hostNetwork).
 - Drift: a hand-flushed table (node-1) and a hand-deleted rule (node-2) are restored within the
   agent's check interval, the chart's `agent.checkIntervalSeconds` (read off the DaemonSet: the
-  session's release lab sets 10 s, the chart's default is 30 s).
+  session's lab installs the chart's default, 30 s).
 - Restart: `kill -9` of node-1's agent process (found through node-1's containerd; kubelet
   restarts the container) under probes every 100 ms and one long-lived TCP flow exchanging data:
   the flow keeps flowing, denied flows stay denied, new allowed connections stay allowed, and the

@@ -1,13 +1,16 @@
-"""The lab works end to end on real nodes: kubelet and containerd register both nodes, the CNI
-DaemonSet makes them Ready, controllers place pods on both, the CNI gives them addresses from the
-nodes' podCIDRs, kubelet probes pass through the node, kube-proxy makes Services answer, packets
-cross nodes (IPv4 and IPv6), and deleting a workload removes every trace of its pods."""
+"""The lab works end to end on real nodes: kubelet and containerd register both nodes, a CNI
+DaemonSet makes them Ready (Stockade's release by default: stockade-cni and the agents' overlay;
+the lab's own ptp installer with `--cni lab`), controllers place pods on both, the CNI gives them
+addresses from the nodes' podCIDRs, kubelet probes pass through the node, kube-proxy makes
+Services answer, packets cross nodes (IPv4 and IPv6), and deleting a workload removes every trace
+of its pods: containers, sandboxes, host-side links, routes and IPAM allocations."""
 
 from __future__ import annotations
 
 import functools
 import ipaddress
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +22,7 @@ from pyroute2 import NetNS
 from tests.cluster.lab import Lab
 from tests.cluster.lab.config import CLUSTER_CIDRS
 from tests.cluster.lab.nodes import PAUSE_IMAGE, TEST_POD_IMAGE
-from tests.cluster.lab.podclients import pod_containers, running_tasks
+from tests.cluster.lab.podclients import pod_containers, running_tasks, sandbox_pid
 from tests.cluster.lab.underlay import in_netns
 from tests.cluster.lab.workloads import (
     apply,
@@ -205,8 +208,10 @@ def test_nodes_are_ready_with_kubelet_containerd_and_dual_stack_pod_cidrs(lab: L
         assert all(
             c.overlaps(cl) and c.prefixlen > cl.prefixlen for c, cl in zip(cidrs, clusters, strict=True)
         )
-    # The CNI config came from the installer DaemonSet, one pod per node.
-    installers = pods(lab, "kube-system", "app=lab-cni-installer")
+    # The CNI config came from a DaemonSet, one pod per node: Stockade's agents (whose init
+    # containers install stockade-cni), or the lab's own installer.
+    selector = "app.kubernetes.io/component=agent" if lab.cfg.cni == "stockade" else "app=lab-cni-installer"
+    installers = pods(lab, "kube-system", selector)
     assert sorted(p["spec"]["nodeName"] for p in installers) == sorted(nodes)
 
 
@@ -353,22 +358,55 @@ def test_statefulset_and_job_complete(lab: Lab, app: App) -> None:
     wait_gone(lab, NS, "app in (db, once)")
 
 
-def _node_net(netns_name: str) -> tuple[set[str], set[str]]:
-    """Links and host routes (/32, /128) in a node namespace: what CNI ADD creates for pods."""
+def _node_net(netns_name: str) -> tuple[set[str], dict[str, str]]:
+    """Links, and host routes (/32, /128) by destination with the link they leave by, in a node
+    namespace: what CNI ADD creates for pods (a host-side veth and a route to each address)."""
     with NetNS(netns_name) as ns:
-        links = {str(link.get("ifname")) for link in ns.link("dump")}
+        names = {int(link["index"]): str(link.get("ifname")) for link in ns.link("dump")}
         routes = {
-            str(r.get("dst"))
+            str(r.get("dst")): names.get(r.get("oif"), "?")
             for r in ns.route("dump", table=254)
             if r["dst_len"] in (32, 128) and r.get("dst")
         }
-    return links, routes
+    return set(names.values()), routes
+
+
+def _netns_files(lab: Lab, node: str) -> dict[str, int]:
+    """Network namespace files in the node's /run/netns (its own mount namespace) -> inode."""
+    script = "for f in /run/netns/*; do [ -e $f ] && echo ${f##*/} $(stat -L -c %i $f); done; true"
+    out = subprocess.run(lab.in_node(node, ["sh", "-c", script]), capture_output=True, text=True, check=True)
+    return {name: int(ino) for name, ino in (line.split() for line in out.stdout.splitlines())}
+
+
+def _allocations(lab: Lab, node: str) -> set[str]:
+    """Addresses the node's IPAM holds: stockade-cni's (one file per address under its IPAM
+    directory; released ones wait in quarantine/, a directory not listed here) or host-local's
+    leases (--cni lab)."""
+    script = "ls /var/lib/stockade/ipam/* /var/lib/cni/networks/* 2>/dev/null; true"
+    out = subprocess.run(lab.in_node(node, ["sh", "-c", script]), capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
 
 
 def test_deleting_the_workloads_removes_containers_sandboxes_and_addresses(lab: Lab, app: App) -> None:
     victims = app["echo"] + app["pinned"]
     uids = {str(p["metadata"]["uid"]) for p in victims}
     ips = {i["ip"] for p in victims for i in p["status"]["podIPs"]}
+    # Each victim's host-side link: the one its node's route to the pod leaves by (other pods of
+    # the session may run on the nodes, with links of their own).
+    host_links = {
+        n.name: {link for dst, link in _node_net(n.netns)[1].items() if dst in ips} for n in lab.cfg.all_nodes
+    }
+    assert sum(map(len, host_links.values())) == len(victims), host_links
+    # Each victim's network namespace file (containerd's /run/netns/cni-*), found by the inode of
+    # its sandbox's namespace.
+    inodes = {os.stat(f"/proc/{sandbox_pid(lab, p)}/ns/net").st_ino for p in victims}
+    pod_netns = {
+        n.name: {f for f, ino in _netns_files(lab, n.name).items() if ino in inodes}
+        for n in lab.cfg.all_nodes
+    }
+    assert sum(map(len, pod_netns.values())) == len(victims), pod_netns
+    allocated = set().union(*(_allocations(lab, n.name) for n in lab.cfg.all_nodes))
+    assert ips <= allocated, f"addresses without an IPAM allocation: {ips - allocated}"
     lab.kubectl("delete", "-n", NS, "deployment/echo", "deployment/pinned", "service/echo", "service/pinned")
     wait_gone(lab, NS, "app in (echo, pinned)")
 
@@ -378,16 +416,13 @@ def test_deleting_the_workloads_removes_containers_sandboxes_and_addresses(lab: 
         for uid in uids:
             found += [f"running container {c}" for c in pod_containers(lab, node, uid) if c in tasks]
         links, routes = _node_net(netns_name)
-        found += [f"link {link}" for link in links - {"lo", "eth0"}]
-        found += [f"route {r}" for r in routes & ips]
-        # Inside the node's mount namespace: containerd's netns files and host-local's leases.
-        listing = subprocess.run(
-            lab.in_node(node, ["sh", "-c", "ls /run/netns; ls /var/lib/cni/networks/*"]),
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        found += [f"netns or lease {f}" for f in listing if f.startswith("cni-") or f in ips]
+        found += [f"link {link}" for link in links & host_links[node]]
+        found += [f"route {r}" for r in set(routes) & ips]
+        # Inside the node's mount namespace: the pods' netns files (containerd names them cni-*)
+        # and their address allocations.
+        listing = set(_netns_files(lab, node)) | _allocations(lab, node)
+        found += [f"netns {f}" for f in listing if f in pod_netns[node]]
+        found += [f"IPAM allocation {f}" for f in listing if f in ips]
         cgroups = subprocess.run(
             ["find", f"/sys/fs/cgroup/pids/{lab.cfg.prefix}{node}", "-name", "pod*"],
             capture_output=True,

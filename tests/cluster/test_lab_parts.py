@@ -9,7 +9,7 @@ import pytest
 
 from tests.cluster.e2e import summary
 from tests.cluster.lab import LabError
-from tests.cluster.lab.config import LAB_IMAGES, LabConfig, collisions
+from tests.cluster.lab.config import LAB_IMAGES, STOCKADE_CNI_IMAGES, LabConfig, collisions, default_images
 from tests.cluster.lab.nodes import NodeTools
 from tests.cluster.lab.proxy import programmed
 
@@ -99,6 +99,23 @@ IPT = "-A KUBE-SERVICES -d 10.96.0.1/32 -p tcp -m comment --comment x -m tcp --d
 )
 def test_programmed_reads_kube_proxy_rules(dump: str, ip: str, mode: str, want: bool) -> None:
     assert programmed(dump, ip, mode=mode) is want
+
+
+@pytest.mark.parametrize(
+    ("cni", "has", "lacks"),
+    [
+        pytest.param("stockade", "stockade", "cni-installer", id="stockade-cni-needs-the-charts-image"),
+        pytest.param("lab", "cni-installer", "stockade", id="lab-cni-needs-its-installer"),
+    ],
+)
+def test_each_cni_mode_imports_what_writes_its_cni_config(cni: str, has: str, lacks: str) -> None:
+    images = default_images("stockade" if cni == "stockade" else "lab")
+    assert has in images and lacks not in images and {"pause", "testpod"} <= set(images)
+
+
+def test_a_lab_uses_stockade_cni_and_its_image_unless_told_otherwise() -> None:
+    cfg = LabConfig(name="x")
+    assert (cfg.cni, cfg.images) == ("stockade", STOCKADE_CNI_IMAGES)
 
 
 @pytest.mark.parametrize(

@@ -72,7 +72,8 @@ def test_refuses_to_touch_a_namespace_it_did_not_make(clean: object) -> None:
 
 
 def test_crash_then_up_detached_status_refuse_and_down(clean: object) -> None:
-    # A foreground `up` killed with SIGKILL: no chance to clean up after itself.
+    # A foreground `up` (the default: stockade-cni, the release installed) killed with SIGKILL:
+    # no chance to clean up after itself.
     fg = subprocess.Popen(
         [sys.executable, "-m", "tests.cluster.lab", "up", "--name", NAME, "--nodes", "1"],
         cwd=REPO,
@@ -101,8 +102,10 @@ def test_crash_then_up_detached_status_refuse_and_down(clean: object) -> None:
     assert any(alive(p) for p in crashed.processes), "the control plane should outlive a killed `up`"
     assert alive(sandbox), "the pod should outlive a killed `up`"
 
-    # The next `up` removes the crashed lab's leftovers and starts afresh, detached this time.
-    up = cli("up", "--nodes", "1", "--detach")
+    # The next `up` removes the crashed lab's leftovers (Stockade's too: the agent, its VXLAN
+    # device, the node's bound state) and starts afresh, detached this time and with the lab's
+    # own CNI, which needs no release (a second Helm install would only cost time here).
+    up = cli("up", "--nodes", "1", "--detach", "--cni", "lab")
     assert up.returncode == 0, up.stdout + up.stderr
     assert "cleaned up a crashed lab" in up.stderr
     assert not any(alive(p) for p in crashed.processes), "a process of the crashed lab survived"
@@ -113,7 +116,7 @@ def test_crash_then_up_detached_status_refuse_and_down(clean: object) -> None:
     assert f"lab {NAME}: up, detached" in status.stdout
     assert "node node-1: Ready=True" in status.stdout
 
-    again = cli("up", "--nodes", "1")
+    again = cli("up", "--nodes", "1", "--cni", "lab")
     assert again.returncode == 1 and "is up (detached)" in again.stderr, again.stdout + again.stderr
 
     slot = Record.load(DEFAULT_ROOT / NAME / "state.json").slot

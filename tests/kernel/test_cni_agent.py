@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,57 @@ def lab() -> Iterator[CniLab]:
 
 def _addresses(run: PluginRun) -> tuple[str, ...]:
     return tuple(entry["address"].split("/")[0] for entry in run.json()["ips"])
+
+
+def _wait_for(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:g}s"
+        time.sleep(0.02)
+
+
+def test_links_are_made_while_the_agent_programs(lab: CniLab) -> None:
+    """With the agent holding its answer, the pod's veth and routes are made (ADD sends the report
+    first and configures the links while the agent works), and ADD still does not return until
+    the agent answers: the pod is never handed to the runtime before it is programmed."""
+    before = lab.snapshot()
+    with FakeAgent(lab.agent_socket) as agent:
+        agent.sink.release.clear()
+        pod = lab.new_pod()
+        proc = lab.start("ADD", container_id="c1", pod=pod, args=POD_ARGS)
+        try:
+            report = agent.wait_for_report()
+            routes = {f"{a}/{32 if '.' in a else 128}" for a in report.addresses}
+            _wait_for(lambda: lab.snapshot().routes - before.routes == routes, "the pod's routes")
+            time.sleep(0.3)
+            assert proc.poll() is None, "ADD returned before the agent answered"
+        finally:
+            agent.sink.release.set()
+        stdout, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == 0, (stdout, stderr)
+        assert lab.run("DEL", container_id="c1", pod=pod, args=POD_ARGS).returncode == 0
+
+
+def test_a_link_failure_after_the_report_tells_the_agent(lab: CniLab) -> None:
+    """The agent heard of the pod before the links failed (the sandbox already has an eth0 that is
+    not Stockade's): ADD fails with 104, tells the agent to forget the sandbox, leaves nothing."""
+
+    def squat() -> None:
+        from pyroute2 import IPRoute  # noqa: PLC0415 - inside the pod's worker thread
+
+        with IPRoute() as ipr:
+            ipr.link("add", ifname="eth0", kind="veth", peer={"ifname": "squat0"})
+
+    before = lab.snapshot()
+    with FakeAgent(lab.agent_socket) as agent:
+        pod = lab.new_pod()
+        lab.in_pod(pod, squat)
+        run = lab.run("ADD", container_id="c1", pod=pod, args=POD_ARGS)
+        assert run.returncode != 0 and run.error_code == 104, run
+        assert [r.container_id for r in agent.sink.reports] == ["c1"]
+        assert [f.container_id for f in agent.sink.forgets] == ["c1"]
+    after = lab.snapshot()
+    assert after.links == before.links and after.routes == before.routes and not after.allocations
 
 
 def test_add_waits_for_the_agent_and_reports_the_pod(lab: CniLab) -> None:
@@ -115,6 +166,8 @@ def test_add_after_a_crash_while_waiting_for_the_agent(lab: CniLab) -> None:
         pod = lab.new_pod()
         proc = lab.start("ADD", container_id="c1", pod=pod, args=POD_ARGS)
         report = agent.wait_for_report()
+        # The report goes out before the links are made: wait for the veth before the crash.
+        _wait_for(lambda: len(lab.snapshot().links - before.links) == 1, "the host veth")
         proc.kill()
         proc.wait(10)
         crashed = lab.snapshot()

@@ -123,3 +123,58 @@ def test_release_of_nothing_is_fine(tmp_path: Path) -> None:
     pool = ipam(tmp_path)
     with pool.locked():
         assert pool.release(owner(1)) == []
+
+
+def _record_durability(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Spy on fsync and rename (they still run): the order in which data reaches the disk."""
+    import os  # noqa: PLC0415
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_rename = os.fsync, os.rename
+
+    def fsync(fd: int) -> None:
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def rename(src: str | Path, dst: str | Path) -> None:
+        events.append(("rename", str(dst)))
+        real_rename(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "rename", rename)
+    return events
+
+
+def test_allocation_files_are_durable_before_allocate_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each allocation file's content is fsynced before its rename, and the directory after the
+    last rename; the round-robin hint (last-v4/last-v6) is renamed into place but never fsynced."""
+    pool = ipam(tmp_path)
+    with pool.locked():
+        events = _record_durability(monkeypatch)
+        pool.allocate(owner(1))
+    net = str(tmp_path / "net")
+    renames = [i for i, (kind, _) in enumerate(events) if kind == "rename"]
+    for address in ("10.0.0.1", "fd00::1"):
+        at = events.index(("rename", f"{net}/{address}"))
+        assert events[at - 1][0] == "fsync" and events[at - 1][1].startswith(f"{net}/.tmp-{address}.")
+    assert events[-1] == ("fsync", net) and renames[-1] < len(events) - 1
+    assert not [path for kind, path in events if kind == "fsync" and "last-v" in path]
+    assert [kind for kind, _ in events].count("fsync") == 3  # two files, one directory
+
+
+def test_quarantine_entries_are_durable_before_allocations_go(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = ipam(tmp_path, quarantine=60.0)
+    with pool.locked():
+        pool.allocate(owner(1))
+        events = _record_durability(monkeypatch)
+        pool.release(owner(1))
+    net = str(tmp_path / "net")
+    quarantine_synced = events.index(("fsync", f"{net}/quarantine"))
+    assert ("rename", f"{net}/quarantine/10.0.0.1") in events[:quarantine_synced]
+    assert ("rename", f"{net}/quarantine/fd00::1") in events[:quarantine_synced]
+    assert events[-1] == ("fsync", net)  # the allocation files' removal, after
+    assert not (tmp_path / "net" / "10.0.0.1").exists()

@@ -44,7 +44,21 @@ def test_bad_input_fails_before_heavy_imports() -> None:
     assert out["code"] == 6 and probe["code"] == 1
     modules = probe["modules"]
     assert isinstance(modules, list)
-    # The light pyroute2 package (RTNL only) may be loaded for ADD; never its eager extras.
+    # The light pyroute2 package (RTNL messages only) may be loaded for ADD; never its eager
+    # extras, nor IPRoute's asyncio core or pyroute2.netns (controller.cni.rtnl replaces them).
+    assert "controller.cni.rtnl" in modules
     assert not [
-        m for m in modules if m.startswith(("pyroute2.ndb", "pyroute2.conntrack", "pydantic", "kopf"))
+        m
+        for m in modules
+        if m.startswith(
+            (
+                "pyroute2.ndb",
+                "pyroute2.conntrack",
+                "pyroute2.iproute",
+                "pyroute2.netns",
+                "asyncio",
+                "pydantic",
+                "kopf",
+            )
+        )
     ]

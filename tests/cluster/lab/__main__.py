@@ -1,7 +1,9 @@
 """python -m tests.cluster.lab up|down|status|env [--name NAME] ...
 
 up      start a lab and stay in the foreground; Ctrl-C (or `down` elsewhere) stops it and
-        removes everything it made. --detach returns once the lab is up instead.
+        removes everything it made. --detach returns once the lab is up instead. By default
+        the nodes use stockade-cni and the agents' VXLAN overlay: `up` installs the Stockade
+        release (charts/stockade) and returns once every node is Ready through it.
 down    stop a lab (foreground or detached, or the leftovers of a crashed one).
 status  what the lab is made of and what runs in it.
 env     shell exports for kubectl against the lab: eval "$(python -m tests.cluster.lab env)"
@@ -15,7 +17,9 @@ import sys
 import threading
 import time
 
-from .config import DEFAULT_ROOT, LAB_IMAGES, STOCKADE_CNI_IMAGES
+from tests.cluster.release import install_default
+
+from .config import DEFAULT_ROOT, default_images
 from .lab import Lab
 from .preflight import LabError
 from .state import alive
@@ -23,7 +27,7 @@ from .state import alive
 
 def _up(args: argparse.Namespace) -> int:
     # With --cni stockade the nodes need the chart's image, not the lab's CNI installer.
-    base = STOCKADE_CNI_IMAGES if args.cni == "stockade" else LAB_IMAGES
+    base = default_images(args.cni)
     images = (*base, *(i for i in args.image if i not in base))
     lab = Lab.create(
         name=args.name,
@@ -45,6 +49,14 @@ def _up(args: argparse.Namespace) -> int:
     except LabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    if args.cni == "stockade" and not args.no_release:
+        try:
+            seconds = install_default(lab)
+        except LabError as exc:
+            lab.down()
+            print(f"error: lab {lab.cfg.name}: the Stockade release is not Ready: {exc}", file=sys.stderr)
+            return 1
+        print(f"Stockade installed with helm; DaemonSet and nodes Ready in {seconds:.1f}s", flush=True)
     if args.detach:  # recorded first: whatever happens to our stdout, the lab is detached
         lab.rec.detached = True
         lab.rec.owner_pid = 0
@@ -88,9 +100,16 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument(
                 "--cni",
                 choices=("lab", "stockade"),
-                default="lab",
-                help="lab: the lab's ptp CNI DaemonSet makes the nodes Ready; stockade: no CNI config "
-                "until the Stockade chart is installed (nodes stay NotReady until then)",
+                default="stockade",
+                help="stockade (default): stockade-cni and the agents' VXLAN overlay, from the Stockade "
+                "release that `up` installs; lab: the lab's ptp CNI DaemonSet and underlay routes between "
+                "the nodes' podCIDRs, no Stockade (e.g. the e2e suite's baseline)",
+            )
+            p.add_argument(
+                "--no-release",
+                action="store_true",
+                help="with --cni stockade: do not install the release (the nodes stay NotReady until "
+                "you `helm install` charts/stockade)",
             )
             p.add_argument(
                 "--image",

@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Literal
 
 ProxyMode = Literal["nftables", "iptables"]
-# Who writes the nodes' CNI config: "lab", the lab's own DaemonSet (Debian ptp + host-local,
-# manifests/cni-installer.yaml); "stockade", nobody until the Stockade chart is installed (its init
-# container writes stockade-cni's conflist), so the nodes stay NotReady until then.
+# Who writes the nodes' CNI config and how pods reach other nodes. "stockade" (the default): the
+# Stockade chart's init container writes stockade-cni's conflist (the nodes stay NotReady until
+# the release is installed) and the agents' VXLAN overlay carries pod traffic between nodes: the
+# nodes get no underlay routes to each other's podCIDRs. "lab": the lab's own DaemonSet (Debian
+# ptp + host-local, manifests/cni-installer.yaml) and underlay routes between the nodes' podCIDRs
+# (a cluster without Stockade, e.g. `make e2e --enforcer none`'s baseline).
 CniMode = Literal["lab", "stockade"]
 
 NAME_RE = re.compile(r"^[a-z][a-z0-9]{0,7}$")
@@ -42,6 +45,12 @@ DEFAULT_ROOT = Path(os.environ.get("STOCKADE_LAB_ROOT", "/run/stockade-lab"))
 LAB_IMAGES = ("pause", "testpod", "cni-installer")
 # A lab whose CNI is Stockade's (cni="stockade") imports the chart's image instead of the installer.
 STOCKADE_CNI_IMAGES = ("pause", "testpod", "stockade")
+
+
+def default_images(cni: CniMode) -> tuple[str, ...]:
+    return STOCKADE_CNI_IMAGES if cni == "stockade" else LAB_IMAGES
+
+
 CLUSTER_CIDRS = ("10.244.0.0/16", "fd5c:ade2::/56")
 SERVICE_CIDRS = ("10.96.0.0/16", "fd5c:ade3::/112")
 NODE_MASK_V4 = 24
@@ -75,8 +84,8 @@ class LabConfig:
     slot: int = 0
     root: Path = field(default=DEFAULT_ROOT)
     # Image archives (tests/images names) imported into every node's containerd at start.
-    images: tuple[str, ...] = LAB_IMAGES
-    cni: CniMode = "lab"
+    images: tuple[str, ...] = STOCKADE_CNI_IMAGES
+    cni: CniMode = "stockade"
 
     def __post_init__(self) -> None:
         if not NAME_RE.match(self.name):

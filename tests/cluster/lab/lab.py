@@ -1,9 +1,11 @@
 """The lab: start, inspect and stop a local Kubernetes cluster made of real parts.
 
-    lab = Lab.create(name="lab", nodes=2)
+    lab = Lab.create(name="lab", nodes=2)   # cni="stockade" (default) or "lab"
     lab.up()          # etcd, apiserver, controller manager, scheduler; per node containerd,
-                      # kubelet and kube-proxy; the CNI installer DaemonSet
+                      # kubelet and kube-proxy; with cni="lab" the lab's CNI installer DaemonSet
+    release.install_default(lab)   # cni="stockade": stockade-cni and the overlay make nodes Ready
     lab.kubectl("apply", "-f", "app.yaml")
+    lab.add_node()    # a node joins the running lab (lab.remove_node("node-3"): it leaves)
     lab.down()        # removes every namespace, link and process the lab made
 
 `up` first cleans up a crashed lab of the same name (from its record) and refuses to start over
@@ -25,8 +27,18 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from . import controlplane, nodes, proxy, realnode
-from .config import APISERVER_PORT, DEFAULT_ROOT, LAB_IMAGES, CniMode, LabConfig, ProxyMode, collisions
+from . import controlplane, membership, nodes, proxy, realnode
+from .config import (
+    APISERVER_PORT,
+    DEFAULT_ROOT,
+    LAB_IMAGES,
+    CniMode,
+    LabConfig,
+    NodeAddrs,
+    ProxyMode,
+    collisions,
+    default_images,
+)
 from .kube import ApiError, Credentials, Kube, Obj
 from .pki import PKI
 from .preflight import LabError, choose_slot, host_prefixes, tools_bin, wait_for
@@ -57,14 +69,15 @@ class Lab:
         nodes: int = 2,
         proxy_mode: ProxyMode = "nftables",
         root: Path = DEFAULT_ROOT,
-        images: tuple[str, ...] = LAB_IMAGES,
-        cni: CniMode = "lab",
+        images: tuple[str, ...] | None = None,
+        cni: CniMode = "stockade",
     ) -> Lab:
         """A lab not started yet; its slot is chosen when `up` runs (after crash clean-up).
-        `images`: the archives of tests/images to import into every node; `cni`: see CniMode."""
-        return cls(
-            LabConfig(name=name, nodes=nodes, proxy_mode=proxy_mode, root=root, images=images, cni=cni)
-        )
+        `images`: the archives of tests/images to import into every node (default: what `cni`
+        needs); `cni`: see CniMode (with "stockade" the nodes turn Ready once the Stockade release
+        is installed: `tests.cluster.release.install_default`)."""
+        imgs = default_images(cni) if images is None else images
+        return cls(LabConfig(name=name, nodes=nodes, proxy_mode=proxy_mode, root=root, images=imgs, cni=cni))
 
     @classmethod
     def load(cls, name: str, *, root: Path = DEFAULT_ROOT) -> Lab:
@@ -82,6 +95,7 @@ class Lab:
                 slot=rec.slot,
                 root=root,
                 images=tuple(rec.info.get("images", LAB_IMAGES)),
+                # Records written before stockade-cni became the default were all "lab".
                 cni="stockade" if rec.info.get("cni") == "stockade" else "lab",
             ),
             bin_dir=Path(rec.info["bin_dir"]) if rec.info.get("bin_dir") else None,
@@ -91,7 +105,7 @@ class Lab:
 
     # --- helpers ---------------------------------------------------------------------------------
 
-    def _save(self) -> None:
+    def save(self) -> None:
         self.rec.save(self.cfg.dir / "state.json")
 
     def log_path(self, role: str) -> Path:
@@ -100,7 +114,7 @@ class Lab:
     def node_dir(self, node: str) -> Path:
         return self.cfg.dir / "nodes" / node
 
-    def _spawn(
+    def spawn_role(
         self, role: str, argv: list[str], netns_name: str, *, env: dict[str, str] | None = None
     ) -> None:
         proc = spawn(
@@ -111,9 +125,9 @@ class Lab:
         )
         self.popen[role] = proc
         self.rec.processes.append(proc_of(proc.pid, role, netns_name))
-        self._save()
+        self.save()
 
-    def _check_alive(self) -> None:
+    def check_alive(self) -> None:
         for role, proc in self.popen.items():
             if proc.poll() is not None:
                 raise LabError(f"{role} exited with {proc.returncode}:\n{self.log_tail(role)}")
@@ -153,7 +167,7 @@ class Lab:
         except BaseException as exc:
             self.rec.phase = "failed"
             with contextlib.suppress(OSError):
-                self._save()
+                self.save()
             failed_logs = self.cfg.root / f"{self.cfg.name}.failed-logs"
             shutil.rmtree(failed_logs, ignore_errors=True)
             with contextlib.suppress(Exception):
@@ -170,7 +184,7 @@ class Lab:
             raise
         self._step("total", started)
         self.rec.info["timings"] = self.timings
-        self._save()
+        self.save()
 
     def _take_over(self) -> None:
         """Hold the lab's lock; clean up a crashed lab of this name; refuse a live one."""
@@ -225,7 +239,7 @@ class Lab:
                     "cni": cfg.cni,
                 },
             )
-            self._save()
+            self.save()
         finally:
             slots.release()
 
@@ -255,46 +269,37 @@ class Lab:
         self._step("pki", t)
 
         t = time.monotonic()
-        Underlay(cfg, self.rec, self._save).build()
+        Underlay(cfg, self.rec, self.save).build()
         self._step("network", t)
 
         t = time.monotonic()
         pki = self.pki.dir
-        self._spawn("etcd", controlplane.etcd(bin_dir, cfg.dir / "etcd"), cfg.cp_netns)
-        self._spawn("kube-apiserver", controlplane.apiserver(cfg, bin_dir, pki), cfg.cp_netns)
+        self.spawn_role("etcd", controlplane.etcd(bin_dir, cfg.dir / "etcd"), cfg.cp_netns)
+        self.spawn_role("kube-apiserver", controlplane.apiserver(cfg, bin_dir, pki), cfg.cp_netns)
         kube = self.kube
-        wait_for("the apiserver to be ready", kube.healthy, timeout=timeout, alive=self._check_alive)
+        wait_for("the apiserver to be ready", kube.healthy, timeout=timeout, alive=self.check_alive)
         self._step("apiserver", t)
-        self._spawn(
+        self.spawn_role(
             "kube-controller-manager", controlplane.controller_manager(cfg, bin_dir, pki, kc_cm), cfg.cp_netns
         )
-        self._spawn("kube-scheduler", controlplane.scheduler(bin_dir, kc_sched), cfg.cp_netns)
+        self.spawn_role("kube-scheduler", controlplane.scheduler(bin_dir, kc_sched), cfg.cp_netns)
 
         t = time.monotonic()
-        self._start_nodes(tools, timeout=timeout)
-        cidrs: dict[str, list[str]] = {}
-
-        def all_cidrs() -> bool:
-            for node in cfg.all_nodes:
-                with contextlib.suppress(ApiError):
-                    got = kube.get(f"/api/v1/nodes/{node.name}").get("spec", {}).get("podCIDRs", [])
-                    if len(got) == 2:
-                        cidrs[node.name] = got
-            return len(cidrs) == cfg.nodes
-
-        wait_for("nodes to register and get podCIDRs", all_cidrs, timeout=timeout, alive=self._check_alive)
+        self.start_nodes(tools, cfg.all_nodes, timeout=timeout)
+        cidrs = self.wait_pod_cidrs(cfg.all_nodes, timeout=timeout)
         self._step("nodes registered", t)
 
         t = time.monotonic()
-        Underlay(cfg, self.rec, self._save).route_pod_cidrs(cidrs)
+        Underlay(cfg, self.rec, self.save).route_pod_cidrs(cidrs, between_nodes=cfg.cni == "lab")
         for node in cfg.all_nodes:
-            self._spawn(
+            self.spawn_role(
                 f"kube-proxy-{node.name}", controlplane.kube_proxy(cfg, bin_dir, node, kc_proxy), node.netns
             )
         self.rec.info["pod_cidrs"] = cidrs
-        self._save()
+        self.save()
         # Nodes are NotReady until a CNI config exists; a DaemonSet writes it, as in production:
-        # the lab's own, or (cni="stockade") the Stockade chart's, installed by whoever uses the lab.
+        # the lab's own, or (cni="stockade") the Stockade chart's, installed by whoever starts the
+        # lab (tests.cluster.release.install_default: the CLI's `up`, the test session, the demo).
         if cfg.cni == "lab":
             self.kubectl("apply", "-f", "-", input=nodes.cni_installer_manifest())
             self.wait_nodes_ready(timeout=timeout)
@@ -302,25 +307,48 @@ class Lab:
             f"kube-proxy ({cfg.proxy_mode}) to program the kubernetes Service",
             lambda: all(proxy.synced(cfg, n.netns) for n in cfg.all_nodes),
             timeout=timeout,
-            alive=self._check_alive,
+            alive=self.check_alive,
         )
         wait_for(
             "the default ServiceAccount",
             lambda: self._exists("/api/v1/namespaces/default/serviceaccounts/default"),
             timeout=timeout,
-            alive=self._check_alive,
+            alive=self.check_alive,
         )
         # With cni="stockade" the nodes are not Ready yet: the step ends with kube-proxy synced.
         self._step("nodes ready" if cfg.cni == "lab" else "kube-proxy synced", t)
         self.rec.phase = "up"
-        self._save()
+        self.save()
+
+    def wait_pod_cidrs(self, which: tuple[NodeAddrs, ...], *, timeout: float) -> dict[str, list[str]]:
+        """Node name -> podCIDRs (IPv4, IPv6), once each of `which` registered and got both."""
+        cidrs: dict[str, list[str]] = {}
+
+        def all_cidrs() -> bool:
+            for node in which:
+                with contextlib.suppress(ApiError):
+                    got = self.kube.get(f"/api/v1/nodes/{node.name}").get("spec", {}).get("podCIDRs", [])
+                    if len(got) == 2:
+                        cidrs[node.name] = got
+            return len(cidrs) == len(which)
+
+        wait_for("nodes to register and get podCIDRs", all_cidrs, timeout=timeout, alive=self.check_alive)
+        return cidrs
 
     def nodes_ready(self) -> bool:
         """Every node Ready (kubelet reports Ready once a CNI config is in place)."""
-        return all(self._node_ready(n.name) for n in self.cfg.all_nodes)
+        return all(self.node_ready(n.name) for n in self.cfg.all_nodes)
 
     def wait_nodes_ready(self, *, timeout: float = 240.0) -> None:
-        wait_for("nodes to be Ready", self.nodes_ready, timeout=timeout, alive=self._check_alive)
+        wait_for("nodes to be Ready", self.nodes_ready, timeout=timeout, alive=self.check_alive)
+
+    def add_node(self, *, timeout: float = 240.0) -> NodeAddrs:
+        """One more node joins the running lab (see `membership`); returns it once Ready."""
+        return membership.add_node(self, timeout=timeout)
+
+    def remove_node(self, name: str) -> None:
+        """The newest node leaves the lab, then its Node object is deleted (see `membership`)."""
+        membership.remove_node(self, name)
 
     def import_images(self, names: tuple[str, ...]) -> None:
         """More tests/images archives into every node's containerd of a running lab (all at once)."""
@@ -331,10 +359,10 @@ class Lab:
         with ThreadPoolExecutor(max_workers=len(socks)) as pool:
             list(pool.map(tools.import_images, socks))
 
-    def _start_nodes(self, tools: nodes.NodeTools, *, timeout: float) -> None:
+    def start_nodes(self, tools: nodes.NodeTools, which: tuple[NodeAddrs, ...], *, timeout: float) -> None:
         """containerd and kubelet per node, each in its node's network, mount and cgroup space."""
         cfg = self.cfg
-        for node in cfg.all_nodes:
+        for node in which:
             nd = self.node_dir(node.name)
             realnode.write_node_files(
                 cfg=cfg,
@@ -346,36 +374,36 @@ class Lab:
             )
             cg = realnode.cgroup_name(cfg, node)
             self.rec.cgroups.append(cg)
-            self._save()
+            self.save()
             realnode.make_cgroup(cg)
             ready = nd / "mounts.ready"
-            self._spawn(f"mntns-{node.name}", realnode.holder_argv(nd, ready), node.netns)
-            wait_for(f"{node.name}'s mount namespace", ready.exists, timeout=timeout, alive=self._check_alive)
+            self.spawn_role(f"mntns-{node.name}", realnode.holder_argv(nd, ready), node.netns)
+            wait_for(f"{node.name}'s mount namespace", ready.exists, timeout=timeout, alive=self.check_alive)
             holder = self.popen[f"mntns-{node.name}"].pid
             enter = ["nsenter", f"--mount=/proc/{holder}/ns/mnt", "--"]
             env = dict(os.environ, PATH=f"{tools.bin_dir}:{os.environ.get('PATH', '/usr/sbin:/usr/bin')}")
-            self._spawn(
+            self.spawn_role(
                 f"containerd-{node.name}",
                 enter + realnode.containerd_argv(bin_dir=tools.bin_dir, node_dir=nd),
                 node.netns,
                 env=env,
             )
-        socks = [realnode.containerd_socket(self.node_dir(node.name)) for node in cfg.all_nodes]
-        for node, sock in zip(cfg.all_nodes, socks, strict=True):
-            wait_for(f"containerd on {node.name}", sock.exists, timeout=timeout, alive=self._check_alive)
+        socks = [realnode.containerd_socket(self.node_dir(node.name)) for node in which]
+        for node, sock in zip(which, socks, strict=True):
+            wait_for(f"containerd on {node.name}", sock.exists, timeout=timeout, alive=self.check_alive)
         # Importing (and unpacking) the images is most of a node's start: all nodes at once.
         t = time.monotonic()
         with ThreadPoolExecutor(max_workers=len(socks)) as pool:
             list(pool.map(tools.import_images, socks))
         self._step("images imported", t)
-        for node in cfg.all_nodes:
+        for node in which:
             nd = self.node_dir(node.name)
             kc = self.pki.kubeconfig(
                 nd / "kubeconfig", stem=node.name, user=f"system:node:{node.name}", server=cfg.api_url_nodes
             )
             holder = self.popen[f"mntns-{node.name}"].pid
             enter = ["nsenter", f"--mount=/proc/{holder}/ns/mnt", "--"]
-            self._spawn(
+            self.spawn_role(
                 f"kubelet-{node.name}",
                 enter + realnode.kubelet_argv(bin_dir=tools.bin_dir, node=node, node_dir=nd, kubeconfig=kc),
                 node.netns,
@@ -388,7 +416,7 @@ class Lab:
             return False
         return True
 
-    def _node_ready(self, name: str) -> bool:
+    def node_ready(self, name: str) -> bool:
         try:
             node = self.kube.get(f"/api/v1/nodes/{name}")
         except ApiError:

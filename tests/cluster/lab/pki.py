@@ -91,36 +91,11 @@ class PKI:
         )
         self._write("ca", ca, ca_key)
 
-        def leaf(stem: str, subject: x509.Name, *, server: bool, sans: list[x509.GeneralName]) -> None:
-            key = _key()
-            b = (
-                x509.CertificateBuilder()
-                .subject_name(subject)
-                .issuer_name(ca_name)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now)
-                .not_valid_after(now + VALIDITY)
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-                .add_extension(
-                    x509.ExtendedKeyUsage(
-                        [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
-                    ),
-                    critical=False,
-                )
-                .add_extension(
-                    x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
-                )
-            )
-            if sans:
-                b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            self._write(stem, b.sign(ca_key, hashes.SHA256()), key)
-
         sans: list[x509.GeneralName] = [x509.DNSName(d) for d in server_dns]
         sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips]
-        leaf("apiserver", _name("kube-apiserver"), server=True, sans=sans)
+        self._leaf("apiserver", _name("kube-apiserver"), server=True, sans=sans, ca=(ca, ca_key), now=now)
         for ident in clients:
-            leaf(ident.stem, _name(ident.user, ident.groups), server=False, sans=[])
+            self.add_client(ident, ca=(ca, ca_key), now=now)
 
         sa = _key()
         self.path("sa.key").write_bytes(_key_pem(sa))
@@ -130,6 +105,57 @@ class PKI:
                 serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
             )
         )
+
+    def add_client(
+        self,
+        ident: Identity,
+        *,
+        ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None = None,
+        now: dt.datetime | None = None,
+    ) -> None:
+        """A client certificate signed by the lab's CA (read from its files unless given): also
+        for identities that join later, such as a node added to a running lab."""
+        if ca is None:
+            key = serialization.load_pem_private_key(self.path("ca.key").read_bytes(), password=None)
+            assert isinstance(key, ec.EllipticCurvePrivateKey)
+            ca = (x509.load_pem_x509_certificate(self.path("ca.crt").read_bytes()), key)
+        when = now or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        self._leaf(ident.stem, _name(ident.user, ident.groups), server=False, sans=[], ca=ca, now=when)
+
+    def _leaf(
+        self,
+        stem: str,
+        subject: x509.Name,
+        *,
+        server: bool,
+        sans: list[x509.GeneralName],
+        ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+        now: dt.datetime,
+    ) -> None:
+        ca_cert, ca_key = ca
+        key = _key()
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_cert.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now)
+            .not_valid_after(now + VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.ExtendedKeyUsage(
+                    [ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]
+                ),
+                critical=False,
+            )
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+            )
+        )
+        if sans:
+            b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        self._write(stem, b.sign(ca_key, hashes.SHA256()), key)
 
     def _write(self, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
         self.path(f"{stem}.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))

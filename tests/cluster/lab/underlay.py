@@ -12,15 +12,16 @@ with a /30 and nothing else: no forwarding, no routes beyond the link's own.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from pyroute2 import IPRoute, NetNS, netns
+from pyroute2 import IPRoute, NetlinkError, NetNS, netns
 
 from .config import SERVICE_CIDRS, LabConfig, NodeAddrs
 from .preflight import LabError
-from .state import Record
+from .state import Record, netns_exists
 
 IFA_F_NODAD = 0x02  # the underlay is ours alone: skip duplicate address detection's delay
 
@@ -116,9 +117,10 @@ class Underlay:
             _addr(cp, _up(cp, "host0"), f"{cfg.cp_host_ip}/30")
 
         for node in cfg.all_nodes:
-            self._node(node)
+            self.node(node)
 
-    def _node(self, node: NodeAddrs) -> None:
+    def node(self, node: NodeAddrs) -> None:
+        """A node's namespace, its underlay port and its routes to the Service ranges."""
         self._new_netns(node.netns)
         with NetNS(node.netns) as ns:
             _up(ns, "lo")
@@ -146,14 +148,18 @@ class Underlay:
                 self.save()
                 ns.route("replace", dst=cidr, gateway=via)
 
-    def route_pod_cidrs(self, pod_cidrs: Mapping[str, list[str]]) -> None:
-        """Until the overlay exists: each node reaches the others' podCIDRs over the underlay.
+    def route_pod_cidrs(self, pod_cidrs: Mapping[str, list[str]], *, between_nodes: bool) -> None:
+        """Routes to the nodes' podCIDRs over the underlay.
 
-        The control plane gets the same routes so that the apiserver (and `kubernetes` Service
-        traffic from pods, answered there) can reach pods.
+        The control plane always gets them: no agent (and so no overlay) runs there, yet the
+        apiserver's answers to pods (the `kubernetes` Service, DNATed on the pod's node to the
+        control plane's address) must find their way back to the pod's node. With
+        `between_nodes` (the lab's own CNI) each node also reaches the others' podCIDRs this
+        way; with stockade-cni the agents' VXLAN overlay is the only path between nodes.
         """
         nodes = {n.name: n for n in self.cfg.all_nodes}
-        for here in [*self.cfg.all_nodes, None]:
+        here_all: list[NodeAddrs | None] = [*self.cfg.all_nodes] if between_nodes else []
+        for here in [*here_all, None]:
             ns_name = here.netns if here else self.cfg.cp_netns
             with NetNS(ns_name) as ns:
                 for name, cidrs in sorted(pod_cidrs.items()):
@@ -164,3 +170,12 @@ class Underlay:
                         self.rec.routes.append({"netns": ns_name, "dst": cidr, "via": via})
                         self.save()
                         ns.route("replace", dst=cidr, gateway=via)
+
+    def unroute_pod_cidrs(self, cidrs: list[str]) -> None:
+        """Remove the underlay routes to `cidrs` (a node that left) from every namespace."""
+        for route in [r for r in self.rec.routes if r["dst"] in cidrs]:
+            if netns_exists(route["netns"]):
+                with NetNS(route["netns"]) as ns, contextlib.suppress(NetlinkError):
+                    ns.route("del", dst=route["dst"], gateway=route["via"])
+            self.rec.routes.remove(route)
+        self.save()

@@ -83,3 +83,35 @@ def test_a_policy_field_the_model_does_not_know_is_an_error_naming_the_object() 
     body = policy_body("p", ns="team", spec={"podSelector": {}, "futureField": True})
     with pytest.raises(UnreadableObject, match=r"NetworkPolicy team/p: .*futureField"):
         parse("NetworkPolicy", body)
+
+
+def _pod(body: dict[str, Any]) -> Pod:
+    pod = parse("Pod", body)
+    assert isinstance(pod, Pod)
+    return pod
+
+
+def test_pods_of_one_spec_share_it_and_stay_equal_to_what_pydantic_parses() -> None:
+    bodies = [pod_body(n, ips=(f"10.0.0.{i}",), ports=(("http", 80),)) for i, n in enumerate("abc", 1)]
+    other = pod_body("d", ports=(("http", 81),))
+    a, b, c, d = (_pod(body) for body in [*bodies, other])
+    assert a.spec is b.spec is c.spec
+    assert d.spec is not a.spec and d.spec.containers[0].ports[0].container_port == 81
+    for pod, body in zip((a, b, c, d), [*bodies, other], strict=True):
+        # The oracle: pydantic's own parse of the same trimmed fields, nothing shared.
+        plain = Pod.model_validate(
+            {"metadata": body["metadata"], "spec": body["spec"], "status": body["status"]}
+        )
+        assert (pod.spec, pod.status) == (plain.spec, plain.status)
+        assert (pod.uid, pod.metadata.labels) == (plain.uid, plain.metadata.labels)
+        assert pod.ips() == plain.ips() and pod.container_ports() == plain.container_ports()
+        assert pod.model_fields_set == plain.model_fields_set
+
+
+def test_a_copy_of_a_compact_pod_changes_no_other_pod() -> None:
+    a, b = (_pod(pod_body(n)) for n in "ab")
+    fields_before = set(b.status.model_fields_set)
+    changed = a.status.model_copy(update={"pod_ip": "10.0.0.9"})
+    assert changed.pod_ip == "10.0.0.9" and "pod_ip" in changed.model_fields_set
+    assert b.status.model_fields_set == fields_before
+    assert b.status.pod_ip is None and a.status.pod_ip is None
