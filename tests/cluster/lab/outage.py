@@ -44,8 +44,8 @@ def start_apiserver(lab: Lab, *, timeout: float = 120.0) -> None:
     if lab.bin_dir is None:
         raise LabError(f"lab {lab.cfg.name} has no tools dir (not started?)")
     argv = controlplane.apiserver(lab.cfg, lab.bin_dir, lab.pki.dir)
-    lab._spawn(ROLE, argv, lab.cfg.cp_netns)
-    wait_for("the apiserver to be ready again", lab.kube.healthy, timeout=timeout, alive=lab._check_alive)
+    lab.spawn_role(ROLE, argv, lab.cfg.cp_netns)
+    wait_for("the apiserver to be ready again", lab.kube.healthy, timeout=timeout, alive=lab.check_alive)
 
 
 @contextlib.contextmanager
