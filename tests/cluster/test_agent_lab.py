@@ -26,6 +26,7 @@ import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -191,6 +192,17 @@ def _policy_rule_handle(lab: Lab, node: str) -> tuple[str, int]:
     raise AssertionError(f"no rule of {NS}/{POLICY_NAME} in {node}'s table")
 
 
+def _differing(want: dict[str, Any], got: dict[str, Any]) -> list[str]:
+    """`kind name` of every table object (rules: by chain) that differs between two listings."""
+    kinds = sorted((want.keys() | got.keys()) - {"table"})  # "table": a list, the same table
+    return [
+        f"{kind} {name}"
+        for kind in kinds
+        for name in sorted(want.get(kind, {}).keys() | got.get(kind, {}).keys())
+        if want.get(kind, {}).get(name) != got.get(kind, {}).get(name)
+    ]
+
+
 def _repairs(lab: Lab, node: str) -> float:
     return sum(samples(scrape(lab, node), "stockade_drift_repairs_total").values())
 
@@ -215,7 +227,9 @@ def test_drift_is_repaired_within_the_check_interval(release_lab: Lab, app: App)
                 restored[node] = time.monotonic() - started
         assert time.monotonic() - started < interval + REPAIR_SLACK, (
             f"not restored within the check interval ({interval:.0f}s) + {REPAIR_SLACK:.0f}s: "
-            f"only {sorted(restored)}\n{agent_logs(lab)}"
+            f"only {sorted(restored)}; differing from before: "
+            f"{ {n: _differing(planned[n], table(lab, n)) for n in set(planned) - set(restored)} }\n"
+            f"{agent_logs(lab)}"
         )
         time.sleep(0.2)
     print(
