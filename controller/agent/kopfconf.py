@@ -95,6 +95,10 @@ def settings() -> kopf.OperatorSettings:
     s.queueing.idle_timeout = IDLE_WORKER
     # Reconnect quickly after an API outage: the kernel keeps the last plan meanwhile.
     s.watching.reconnect_backoff = 0.5
+    # kopf's default retries of a failed request wait 1, 1, 2, 3, 5, 8, 13, 21 s: after a 30 s API
+    # outage the first change waited up to 21 s for the next try. Retry every 0.5 s for 5 s, every
+    # second for a minute, then every 5 s for five more minutes before kopf escalates the error.
+    s.networking.error_backoffs = (0.5,) * 10 + (1.0,) * 60 + (5.0,) * 60
     s.watching.server_timeout = 300
     s.watching.client_timeout = 330
     return s

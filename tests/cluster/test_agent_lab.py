@@ -91,10 +91,9 @@ REPAIR_SLACK = 5.0
 # confirmations takes up to 5 s): a cut or a leak shorter than this could slip between rounds.
 MAX_GAP = 6.0
 OUTAGE = 30.0
-# The first change after an outage waits for the agent's watches to be retried: kopf retries a
-# failed request on `networking.error_backoffs` (the agent keeps kopf's 1, 1, 2, 3, 5, 8, 13, 21 s),
-# so a watch retried just before the API returned waits up to 21 s more.
-AFTER_OUTAGE = 30.0
+# "Enforced within seconds" once the API is back: the agent retries a failed watch request every
+# 0.5-1 s (controller/agent/kopfconf.py); the rest is the bound of any change.
+AFTER_OUTAGE = ENFORCE_WITHIN
 
 
 @dataclass(frozen=True)
