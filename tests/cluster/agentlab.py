@@ -10,6 +10,7 @@ nodes listed from the API; the kernel side is `nft` run in the node's network na
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import time
 import urllib.request
@@ -17,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
+from pyroute2 import IPRoute
 
 from compiler.cluster import ClusterModel
 from compiler.loader import load_manifests
@@ -192,3 +194,17 @@ def converge(prober: Prober, want: Matrix, *, since: float, bound: float, title:
             got = measure(prober, want)
             raise AssertionError(f"not enforced within {bound:.0f}s:\n{comparison(want, got, title)}")
         time.sleep(0.1)
+
+
+def routed_pod_sources(lab: Lab, node: str) -> set[tuple[str, str]]:
+    """(host-side pod interface, address) of every host route to a pod interface in the node's
+    main table, read with pyroute2 here (not with the agent's reader it checks)."""
+    out: set[tuple[str, str]] = set()
+    with IPRoute(netns=node_netns(lab, node)) as ipr:
+        names = {link["index"]: str(link.get_attr("IFLA_IFNAME")) for link in ipr.get_links()}
+        for family, host in ((socket.AF_INET, 32), (socket.AF_INET6, 128)):
+            for route in ipr.get_routes(family=family, table=254):
+                name = names.get(route.get_attr("RTA_OIF"), "")
+                if route["dst_len"] == host and name.startswith("stk"):
+                    out.add((name, str(route.get_attr("RTA_DST"))))
+    return out
