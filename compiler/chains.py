@@ -248,4 +248,5 @@ def pod_chain(
     # stable across Python versions and dataclass field changes, unlike repr().
     canonical = json.dumps([rule_json("", r) for r in content], sort_keys=True, separators=(",", ":"))
     name = naming.pod_chain(direction, canonical)
-    return Chain(name, content, note=note), tuple(specs[n] for n in sorted(specs))
+    keys = tuple(key for key, _ in policy_templates)
+    return Chain(name, content, note=note, isolating=keys), tuple(specs[n] for n in sorted(specs))

@@ -193,6 +193,10 @@ class Chain:
     # What the chain is for, sanitized. The chain's first rule carries it into the kernel
     # (:func:`description`): libnftables JSON of nftables 1.0.6 drops chain comments.
     note: str = ""
+    # A per-pod chain: the keys (``namespace/name``) of the policies that isolate its pods, whose
+    # isolation its last rule enforces; the agent counts that rule's drops under each of them (the
+    # rule's comment names them too, but is cut at 128 bytes).
+    isolating: tuple[str, ...] = ()
 
 
 # --- sets and maps ----------------------------------------------------------------------------------

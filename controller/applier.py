@@ -44,7 +44,7 @@ from compiler.ir import NodePlan, PlanSet
 from compiler.plandiff import TableState, diff_states, plan_state
 from compiler.render_json import render_json, table_json
 from controller.errors import KernelRejected
-from controller.kernelstate import KernelTable, RuleKey, differences, read_listing, rule_key
+from controller.kernelstate import KernelTable, RuleKey, differences, isolation_keys, read_listing, rule_key
 
 Json = dict[str, Any]
 log = logging.getLogger("stockade.applier")
@@ -364,16 +364,26 @@ class Applier:
 
     def rule_counters(self) -> dict[RuleKey, Counts]:
         """Packets and bytes per policy rule, read from the kernel now (one listing), summed over
-        the kernel rules that carry the same comment (one per port group and family)."""
+        the kernel rules that carry the same comment (one per port group and family); and per
+        policy, what the isolation drops of the pods it isolates dropped (``index`` ISOLATION; a
+        pod several policies isolate counts its drops under each)."""
         with self._lock:
             listing = self._nft.list_table()
+            committed = self._committed
         out: dict[RuleKey, Counts] = {}
         if listing is None:
             return out
+        isolating = (
+            {} if committed is None else {c.name: c.isolating for c in committed.chains if c.isolating}
+        )
         for counter in read_listing(listing).counters:
             key = rule_key(counter.comment)
-            if key is None:
-                continue
-            was = out.get(key, Counts(0, 0))
-            out[key] = Counts(was.packets + counter.packets, was.bytes + counter.bytes)
+            keys = (
+                [key]
+                if key is not None
+                else isolation_keys(counter.comment, isolating.get(counter.chain, ()))
+            )
+            for k in keys:
+                was = out.get(k, Counts(0, 0))
+                out[k] = Counts(was.packets + counter.packets, was.bytes + counter.bytes)
         return out

@@ -33,9 +33,14 @@ _RULE_COMMENT = re.compile(
 )
 
 
+# RuleKey.index of a per-pod chain's isolation drop: what no rule of the pod's policies allowed.
+ISOLATION = -1
+
+
 @dataclass(frozen=True, order=True)
 class RuleKey:
-    """Which policy rule a kernel rule enforces, from its comment."""
+    """Which policy rule a kernel rule enforces, from its comment; ``index`` :data:`ISOLATION`
+    for the drop of the pods the policy isolates."""
 
     namespace: str
     policy: str
@@ -154,6 +159,19 @@ def differences(kernel: TableState, plan: TableState) -> tuple[str, ...]:
             extra = len(kc.elements.keys() - pc.elements.keys())
             out.append(f"{kc.kind} {name}: {gone} elements missing, {extra} extra, or differing")
     return tuple(out)
+
+
+def isolation_keys(comment: str, isolating: tuple[str, ...]) -> list[RuleKey]:
+    """For the isolation drop of a per-pod chain (comment ``<direction> isolation: ...``, written
+    by compiler.chains), one key per policy that isolates the chain's pods; else none."""
+    direction, sep, _ = comment.partition(" isolation: ")
+    if not sep or direction not in ("ingress", "egress"):
+        return []
+    out = []
+    for key in isolating:
+        namespace, _, policy = key.partition("/")
+        out.append(RuleKey(namespace, policy, direction, ISOLATION))
+    return out
 
 
 def rule_key(comment: str) -> RuleKey | None:

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector
 
 from compiler.ir import NodePlan
 from controller.agent.seams import ApplierReadings
+from controller.kernelstate import ISOLATION
 
 # Programming latency is a budget of milliseconds (p50 under 50 ms, p99 under 250 ms).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -47,14 +48,21 @@ class _ApplierCollector(Collector):
         labels = ["namespace", "policy", "direction", "rule"]
         packets = CounterMetricFamily(
             "stockade_policy_rule_packets",
-            "Packets matched by a NetworkPolicy rule on this node",
+            "Packets matched by a NetworkPolicy rule on this node; rule=isolation: dropped at pods the "
+            "policy isolates, as no rule allowed them (a pod several policies isolate counts under each)",
             labels=labels,
         )
         octets = CounterMetricFamily(
-            "stockade_policy_rule_bytes", "Bytes matched by a NetworkPolicy rule on this node", labels=labels
+            "stockade_policy_rule_bytes",
+            "Bytes matched by a NetworkPolicy rule on this node; rule=isolation as for packets",
+            labels=labels,
         )
         rows = [
-            ([k.namespace, k.policy, k.direction, str(k.index)], c.packets, c.bytes)
+            (
+                [k.namespace, k.policy, k.direction, "isolation" if k.index == ISOLATION else str(k.index)],
+                c.packets,
+                c.bytes,
+            )
             for k, c in applier.rule_counters().items()
         ]
         for key, n_packets, n_bytes in sorted(rows):

@@ -163,20 +163,15 @@ def test_allowed_traffic_counts_under_its_policy_rule(release_lab: Lab, app: App
     assert after.get("0", 0) - before.get("0", 0) >= SENT, (before, after)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 8: /metrics exports only the rules that name a policy rule (`ns/name direction[i]`); "
-    "the isolation drop rule (comment `ingress isolation: ns/name, ...`) is not exported, so what a "
-    "policy drops shows nowhere under it. strict: passes -> XPASS fails, remove this mark then",
-)
 def test_dropped_traffic_counts_under_the_isolating_policy(release_lab: Lab, app: App) -> None:
     before = _counts(release_lab)
     _send(app, "stranger", reachable=False)
     after = _counts(release_lab)
     # servers-from-friends has one ingress rule (index 0), which the stranger does not match: what
-    # it drops must show under the policy in some other series than that rule's.
-    dropped = sum(v - before.get(rule, 0) for rule, v in after.items() if rule != "0")
+    # the policy's isolation drops shows under rule="isolation", and rule 0 counts none of it.
+    dropped = after.get("isolation", 0) - before.get("isolation", 0)
     assert dropped >= SENT, f"{SENT} dropped SYNs not under {NS}/{POLICY_NAME}: {before} -> {after}"
+    assert after.get("0", 0) == before.get("0", 0), (before, after)
 
 
 # --- drift ------------------------------------------------------------------------------------------

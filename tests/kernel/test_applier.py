@@ -14,13 +14,14 @@ import pytest
 from compiler.cluster import ClusterModel
 from compiler.ir import Interval, IntervalSet, NodePlan
 from compiler.plan import build_plan
-from controller.applier import Applier, Backoff
+from controller.applier import Applier, Backoff, Counts
 from controller.errors import KernelRejected
-from controller.kernelstate import RuleKey
+from controller.kernelstate import ISOLATION, RuleKey
 from controller.nft import Nft
 from tests.kernel.test_render_load import nsexec
 from tests.support.nodelab import (
     PODS,
+    UDP_PORT,
     cli_counters,
     kernel,
     kernel_of,
@@ -112,6 +113,24 @@ def test_a_diff_keeps_the_counters_of_unchanged_rules_and_counters_are_read_per_
 
     applier.apply(plan(outside_port=8080, extra_policy=True))  # an unrelated policy appears
     assert applier.rule_counters()[B_FROM_A].packets == 7
+
+
+def test_what_a_policy_isolates_and_no_rule_allows_is_counted_under_that_policy(
+    node: str, routed: dict[str, str]
+) -> None:
+    """a's egress is isolated by x/a-out, which allows b only on UDP_PORT: datagrams to another
+    port end at the isolation drop of a's egress chain, counted under x/a-out (index ISOLATION);
+    b's ingress never sees them, so nothing is counted under x/b-from-a."""
+    applier = Applier(nft=Nft())
+    applier.apply(plan())
+    send_udp(routed["a"], PODS["a"], PODS["b"], 5, port=UDP_PORT + 1)
+    isolated = RuleKey("x", "a-out", "egress", ISOLATION)
+    wait_for(lambda: applier.rule_counters().get(isolated, Counts(0, 0)).packets >= 5)
+    counted = applier.rule_counters()
+    assert counted[isolated].packets == 5
+    assert counted[isolated].bytes > 0
+    assert counted.get(RuleKey("x", "b-from-a", "ingress", ISOLATION), Counts(0, 0)).packets == 0
+    assert counted[A_TO_B].packets == 0  # the allowing rule did not match them
 
 
 # --- rejected transactions ------------------------------------------------------------------------

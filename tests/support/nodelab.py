@@ -178,7 +178,7 @@ def routed_pods(node: str) -> Iterator[dict[str, str]]:
         yield pods
 
 
-def send_udp(pod_ns: str, src: str, dst: str, count: int) -> None:
+def send_udp(pod_ns: str, src: str, dst: str, count: int, *, port: int = UDP_PORT) -> None:
     """``count`` datagrams from ``src`` (inside ``pod_ns``) to ``dst``: a thread that enters the
     pod's namespace, so no process is started."""
     failure: list[BaseException] = []
@@ -189,7 +189,7 @@ def send_udp(pod_ns: str, src: str, dst: str, count: int) -> None:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.bind((src, 0))
                 for i in range(count):
-                    s.sendto(f"probe {i}".encode(), (dst, UDP_PORT))
+                    s.sendto(f"probe {i}".encode(), (dst, port))
         except BaseException as exc:
             failure.append(exc)
 

@@ -9,7 +9,7 @@ import pytest
 
 from compiler.naming import rule_comment
 from controller.applier import Backoff
-from controller.kernelstate import RuleKey, differences, read_listing, rule_key
+from controller.kernelstate import ISOLATION, RuleKey, differences, isolation_keys, read_listing, rule_key
 
 T = {"family": "inet", "table": "stockade"}
 
@@ -175,6 +175,37 @@ RULE_KEYS = [
 @pytest.mark.parametrize(("comment", "key"), RULE_KEYS)
 def test_rule_keys_are_read_from_comments(comment: str, key: RuleKey | None) -> None:
     assert rule_key(comment) == key
+
+
+ISOLATION_KEYS = [
+    pytest.param(
+        "ingress isolation: x/a, y/b",
+        ("x/a", "y/b"),
+        [RuleKey("x", "a", "ingress", ISOLATION), RuleKey("y", "b", "ingress", ISOLATION)],
+        id="every-isolating-policy",
+    ),
+    # The comment is cut at 128 bytes; the policies come from the plan's chain, not from it.
+    pytest.param(
+        "egress isolation: x/a, x/...",
+        ("x/a", "x/bb", "x/cc"),
+        [
+            RuleKey("x", "a", "egress", ISOLATION),
+            RuleKey("x", "bb", "egress", ISOLATION),
+            RuleKey("x", "cc", "egress", ISOLATION),
+        ],
+        id="cut-comment",
+    ),
+    pytest.param("x/allow ingress[2]", ("x/allow",), [], id="a-policy-rule"),
+    pytest.param("ingress isolation: x/a", (), [], id="not-a-per-pod-chain"),
+    pytest.param("sideways isolation: x/a", ("x/a",), [], id="no-direction"),
+]
+
+
+@pytest.mark.parametrize(("comment", "isolating", "keys"), ISOLATION_KEYS)
+def test_isolation_drops_count_under_each_isolating_policy(
+    comment: str, isolating: tuple[str, ...], keys: list[RuleKey]
+) -> None:
+    assert isolation_keys(comment, isolating) == keys
 
 
 @pytest.mark.parametrize(
