@@ -367,9 +367,12 @@ class Applier:
         the kernel rules that carry the same comment (one per port group and family); and per
         policy, what the isolation drops of the pods it isolates dropped (``index`` ISOLATION; a
         pod several policies isolate counts its drops under each)."""
+        # The listing takes seconds on a large node: done without the applier's lock (Nft lists
+        # on a context of its own), as the drift check does, so applies go on meanwhile. A chain a
+        # plan committed in between brought is attributed from the next scrape on.
         with self._lock:
-            listing = self._nft.list_table()
             committed = self._committed
+        listing = self._nft.list_table()
         out: dict[RuleKey, Counts] = {}
         if listing is None:
             return out
