@@ -28,12 +28,14 @@ calls those invalid). Neither is pod traffic, so neither is ours to drop.
 Anti-spoofing is the strict reverse-path check "the source routes back via the arrival device",
 on every packet from a pod interface, in two steps:
 
-1. ``iifname "stk*" iifname . ip saddr @pod-sources-v4 accept`` (and ``ip6`` with ``-v6``): one
-   exact-match lookup of (arrival device's name . source address) among the pairs the node's
-   routing table holds as the /32 and /128 routes stockade-cni installs to each pod's veth (the
-   node agent reads them from the kernel: :mod:`compiler.podsources`). A hit is exactly a packet
-   the route lookup would pass, for one hash lookup instead of a route lookup: every packet of
-   a running pod from its own address takes this path.
+1. ``iifname . ip saddr @pod-sources-v4 accept`` (and ``ip6`` with ``-v6``): one exact-match
+   lookup of (arrival device's name . source address) among the pairs the node's routing table
+   holds as the /32 and /128 routes stockade-cni installs to each pod's veth (the node agent
+   reads them from the kernel: :mod:`compiler.podsources`). A hit is exactly a packet the route
+   lookup would pass, for one hash lookup instead of a route lookup: every packet of a running
+   pod from its own address takes this path, and it is the first rule of the chain. The sets
+   only ever hold pod interfaces (:func:`compiler.podsources.usable_sources` leaves out any other
+   name), so the lookup needs no name compare in front of it.
 2. ``iifname "stk*" fib saddr . iif oif missing drop`` for everything that missed: a pod attached
    since the agent last read the routes, link-local sources (NDP), every spoofed packet, and
    every packet at all when the plan has no pairs (``stockade compile`` from manifests: the sets
@@ -54,18 +56,19 @@ Why this is never weaker than the route lookup alone, and why the lookup stays:
 - Every packet, not only new connections: conntrack finds a packet's entry by addresses and ports,
   not by device, so a check skipped for ``established`` packets would let a pod inject packets
   into another pod's flows (a forged DNS answer is one ``established`` UDP packet).
-- Cheap for pod packets and for everything else: every rule starts with a name compare (a few
-  bytes against the device's name), so uplink, VXLAN and the node's own traffic pay three name
-  compares and no lookup. A hit ends the chain at once; the other form, one rule per family
-  ``iifname . ip saddr != @pod-sources-v4 fib ... drop``, lets an IPv4 hit fall through to the
-  IPv6 rule, one more rule per packet for the same decision. A leading ``iifname != "stk*"
-  accept`` would save uplinks two name compares (nanoseconds), but would leave each rule's scope
-  to its position; every rule here says on its own that it judges pod interfaces only. ``accept``
-  ends only this chain, which does nothing else: the packet still meets conntrack and the policy
-  chains.
+- Cheap for pod packets: a pod's packet from its own address meets one rule (nfproto, the name,
+  the address, one hash lookup, accept); the chain's description rides on that rule's comment
+  rather than on a rule of its own (comments cost nothing per packet). Everything else (uplinks,
+  VXLAN, the node's own traffic) pays one lookup miss per family and a name compare, and no
+  route lookup. The other form, one rule per family ``iifname . ip saddr != @pod-sources-v4 fib
+  ... drop``, would let an IPv4 hit fall through to the IPv6 rule, one more rule per packet for
+  the same decision. ``accept`` ends only this chain, which does nothing else: the packet still
+  meets conntrack and the policy chains.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from compiler import naming
 from compiler.ir import (
@@ -88,6 +91,7 @@ from compiler.ir import (
     description,
 )
 from compiler.model import Direction, Family
+from compiler.naming import comment as sanitized_comment
 from compiler.options import DEFAULT_OPTIONS, CompileOptions
 
 PRIORITY_RAW = -300
@@ -174,6 +178,15 @@ def _invalid_from_or_to_pods(prefix: str) -> list[Rule]:
     ]
 
 
+def _noted(note: str, *rules: Rule) -> tuple[Rule, ...]:
+    """A base chain's rules, its description carried by the first rule's comment: base chains see
+    every packet on their hook, and a comment costs nothing per packet where a description rule
+    (see :func:`compiler.ir.description`) would be one more rule for each of them. Per-pod and
+    tier chains, which see a new connection's first packet only, keep the description rule."""
+    first = rules[0]
+    return (replace(first, comment=sanitized_comment(f"{note}: {first.comment}")), *rules[1:])
+
+
 def base_chains(
     cidr_families: tuple[Family, ...], *, options: CompileOptions = DEFAULT_OPTIONS
 ) -> tuple[Chain, ...]:
@@ -184,18 +197,17 @@ def base_chains(
     )
     prerouting = Chain(
         naming.CHAIN_PREROUTING,
-        (
-            description(prerouting_note),
-            # Known pod sources first (see the module's docstring): no counter, since the rule
-            # sees nearly every packet from pods and a count of them says nothing.
+        _noted(
+            prerouting_note,
+            # Known pod sources first (see the module's docstring): one lookup and done for every
+            # packet a running pod sends from its own address. No counter: the rule sees nearly
+            # every packet from pods and a count of them says nothing. No interface-name compare in
+            # front: the sets hold pod interfaces only, so the lookup is the scope.
             *(
                 Rule(
-                    (
-                        IfnamePrefix("iifname", prefix),
-                        IifnameSaddrInSet(family, naming.pod_source_set(family)),
-                    ),
+                    (IifnameSaddrInSet(family, naming.pod_source_set(family)),),
                     ACCEPT,
-                    "anti-spoofing: a pod's routed address on its own interface, without a route lookup",
+                    "a pod's own address on its own veth: no route lookup",
                     counter=False,
                 )
                 for family in FAMILIES
@@ -217,8 +229,8 @@ def base_chains(
     input_note = "egress of local pods to the node's own addresses"
     input_chain = Chain(
         naming.CHAIN_INPUT,
-        (
-            description(input_note),
+        _noted(
+            input_note,
             # The node talking to itself (also from an address it took from its podCIDR).
             Rule((IifLoopback(),), ACCEPT, "the node's own traffic to itself"),
             _ESTABLISHED,
@@ -230,11 +242,11 @@ def base_chains(
         BaseHook("input", PRIORITY_FILTER, "filter"),
         note=input_note,
     )
-    forward_note = "all pod traffic: the source's egress stage, then the destination's ingress stage"
+    forward_note = "pod traffic: the source's egress, then the destination's ingress"
     forward = Chain(
         naming.CHAIN_FORWARD,
-        (
-            description(forward_note),
+        _noted(
+            forward_note,
             _ESTABLISHED,
             *_invalid_from_or_to_pods(prefix),
             *_fail_closed(naming.CHAIN_FORWARD, cidr_families),

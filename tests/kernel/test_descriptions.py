@@ -2,8 +2,9 @@
 through libnftables JSON (the applier's path).
 
 nftables 1.0.6's JSON parser drops the ``comment`` of chains, sets and maps without an error
-(the text parser keeps them), while rule comments reach the kernel. So every chain starts with a
-comment-only rule saying what it is for, and every per-pod chain then describes each set it
+(the text parser keeps them), while rule comments reach the kernel. So every chain says what it is
+for in its first rule (base chains, which every packet walks, in their first real rule's comment;
+the others in a comment-only rule), and every per-pod chain then describes each set it
 uses. The first test pins the finding itself: when it fails, libnftables carries those
 comments and the plan can use them directly.
 """
@@ -88,7 +89,10 @@ def test_every_chain_and_every_set_a_chain_uses_is_described(ns: str) -> None:
     described_sets: set[str] = set()
     for chain in plan.chains:
         lines = [line for line in blocks[chain.name] if not line.startswith("type filter hook")]
-        assert lines[0] == f'continue comment "{chain.note}"', chain.name
+        if chain in plan.base_chains:  # on every packet's path: the note rides on the first rule
+            assert f' comment "{chain.note}: ' in lines[0] and not lines[0].startswith("continue")
+        else:
+            assert lines[0] == f'continue comment "{chain.note}"', chain.name
         described_sets |= {
             m.group(1) for line in lines if (m := re.fullmatch(r'continue comment "set (\S+): .+"', line))
         }

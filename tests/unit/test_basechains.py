@@ -51,19 +51,23 @@ def test_every_host_wide_drop_is_scoped_to_pod_interfaces(families: tuple[Family
 def test_anti_spoofing_looks_up_known_pairs_then_the_route() -> None:
     """Known (interface . address) pairs are accepted after one set lookup per family; whatever
     misses meets the route lookup, which alone decides what is dropped."""
-    rules = [r for r in _chains((4, 6))["prerouting"].rules if not is_description(r)]
+    rules = _chains((4, 6))["prerouting"].rules
     assert [(r.matches, r.action) for r in rules] == [
-        ((IfnamePrefix("iifname", "stk"), IifnameSaddrInSet(4, "pod-sources-v4")), ACCEPT),
-        ((IfnamePrefix("iifname", "stk"), IifnameSaddrInSet(6, "pod-sources-v6")), ACCEPT),
+        ((IifnameSaddrInSet(4, "pod-sources-v4"),), ACCEPT),
+        ((IifnameSaddrInSet(6, "pod-sources-v6"),), ACCEPT),
         ((IfnamePrefix("iifname", "stk"), FibSaddrIifMissing()), DROP),
     ]
     assert [r.counter for r in rules] == [False, False, True]  # the drops are counted, hits not
 
 
-def test_every_prerouting_rule_first_compares_the_interface_name() -> None:
-    """Packets from uplinks pay a name compare per rule, never a set or route lookup."""
-    rules = [r for r in _chains((4, 6))["prerouting"].rules if not is_description(r)]
-    assert all(r.matches[0] == IfnamePrefix("iifname", "stk") for r in rules)
+@pytest.mark.parametrize("chain", ["prerouting", "forward", "input"])
+def test_base_chains_carry_no_rule_that_only_describes(chain: str) -> None:
+    """Every packet on a hook walks its base chain: a description rule there would be one more
+    rule per packet, so the description rides on the first real rule's comment instead."""
+    rules = _chains((4, 6))[chain].rules
+    assert not any(is_description(r) for r in rules)
+    assert rules[0].comment.startswith(f"{_chains((4, 6))[chain].note}: ")
+    assert not rules[0].comment.endswith("...")  # the note and the rule's own comment both fit
 
 
 def test_invalid_state_is_dropped_from_and_to_pods_only() -> None:
@@ -89,8 +93,10 @@ def test_replies_pay_no_counter(chain: str) -> None:
 
 @pytest.mark.parametrize("families", FAMILY_CASES)
 def test_every_chain_says_what_it_is_for_in_its_first_rule(families: tuple[Family, ...]) -> None:
-    chains = [*base_chains(families, options=CompileOptions()), *tier_chains()]
-    for chain in chains:
+    for chain in base_chains(families, options=CompileOptions(pod_interface_prefix="a" * 14)):
+        assert chain.note and chain.rules[0].comment.startswith(f"{chain.note}: "), chain.name
+        assert not chain.rules[0].comment.endswith("..."), chain.name  # fits with the longest prefix
+    for chain in tier_chains():
         assert is_description(chain.rules[0]) and chain.rules[0].comment == chain.note, chain.name
         assert chain.note, chain.name
 
