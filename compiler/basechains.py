@@ -13,8 +13,26 @@ Hooks and priorities, relative to kube-proxy (iptables and nftables modes) and c
   still the pod's own address here. A packet must pass every base chain of every table on its
   hook: an ``accept`` in kube-proxy's or anyone else's table does not skip ours, and our ``drop``
   is final, so equal priorities in other tables cannot open a hole.
-- No ``output`` chain: traffic the node itself originates (kubelet probes, host-network pods) is
-  allowed, as the semantics says; replies to it are ``established``.
+- No policy in ``output``: traffic the node itself originates (kubelet probes, host-network pods)
+  is allowed, as the semantics says; replies to it are ``established``. The ``output`` chain,
+  priority ``raw`` (-300), exists only to exempt the overlay's own VXLAN packets from conntrack
+  (below), and only on a node with an InternalIP while the agent runs the overlay.
+
+The overlay's VXLAN packets are untracked (``notrack``, before conntrack at -200): UDP to the
+overlay's port (4789) and to one of the node's InternalIPs in ``prerouting``, from one of them in
+``output``. Tracking them gives nobody any state: a tunnel packet's source port is a hash of the
+inner flow and its destination port is always 4789, so the two directions of a pod flow are two
+unrelated UDP tuples, each an entry that never sees a reply (``new`` for ever, never
+``established``); each inner flow leaves such entries on both nodes, and every tunnel packet pays
+a conntrack lookup at output on one node and prerouting on the other, on top of the inner packet's
+own tracking in ``forward``. The inner pod packets are tracked exactly as before: the VXLAN driver
+drops the outer packet's conntrack reference when it encapsulates and decapsulates
+(``skb_scrub_packet``), and on the VXLAN device the pod flow gets its own entry, which policy needs.
+Scope: the node's own tunnel endpoint and port only, so forwarded UDP and another plugin's tunnel
+(the agent's ``--no-overlay``: :attr:`compiler.options.CompileOptions.overlay_port` ``None``) stay
+tracked. What another ruleset sees: these packets are ``ct state untracked``, not ``new``; a host
+firewall that accepts VXLAN by port is unaffected, one that accepts UDP 4789 only as ``ct state
+new`` would have to accept ``untracked`` too (README, "The nftables layout").
 
 Every base chain has policy ``accept``: the table polices pod traffic only, and anything that no
 rule claims (the node's own traffic, routing between other interfaces) is not ours to judge.
@@ -75,16 +93,20 @@ from compiler.ir import (
     ACCEPT,
     DROP,
     FAMILIES,
+    NOTRACK,
     AddrField,
     AddrInSet,
+    AddrIs,
     BaseHook,
     Chain,
     CtStateIn,
+    DportIn,
     FibSaddrIifMissing,
     Icmpv6TypeIn,
     IfnamePrefix,
     IifLoopback,
     IifnameSaddrInSet,
+    PortRange,
     Rule,
     SaddrDaddrInSet,
     VmapLookup,
@@ -178,6 +200,35 @@ def _invalid_from_or_to_pods(prefix: str) -> list[Rule]:
     ]
 
 
+def _untracked_overlay(underlay: tuple[str, ...], port: int | None) -> tuple[list[Rule], list[Rule]]:
+    """``notrack`` for the overlay's VXLAN packets to (prerouting) and from (output) the node's
+    own underlay addresses: (prerouting rules, output rules). See the module's docstring."""
+    if port is None:
+        return [], []
+    ports = (PortRange(port, port),)
+    to_node, from_node = [], []
+    for address in underlay:
+        family: Family = 6 if ":" in address else 4
+        udp = DportIn("UDP", ports)
+        to_node.append(
+            Rule(
+                (AddrIs(family, "daddr", address), udp),
+                NOTRACK,
+                "overlay: VXLAN to this node, untracked",
+                counter=False,
+            )
+        )
+        from_node.append(
+            Rule(
+                (AddrIs(family, "saddr", address), udp),
+                NOTRACK,
+                "overlay: VXLAN from this node, untracked",
+                counter=False,
+            )
+        )
+    return to_node, from_node
+
+
 def _noted(note: str, *rules: Rule) -> tuple[Rule, ...]:
     """A base chain's rules, its description carried by the first rule's comment: base chains see
     every packet on their hook, and a comment costs nothing per packet where a description rule
@@ -188,10 +239,16 @@ def _noted(note: str, *rules: Rule) -> tuple[Rule, ...]:
 
 
 def base_chains(
-    cidr_families: tuple[Family, ...], *, options: CompileOptions = DEFAULT_OPTIONS
+    cidr_families: tuple[Family, ...],
+    *,
+    options: CompileOptions = DEFAULT_OPTIONS,
+    underlay: tuple[str, ...] = (),
 ) -> tuple[Chain, ...]:
-    """prerouting, input, forward; fail-closed rules only for families with known podCIDRs."""
+    """prerouting, input, forward, and output when the node has underlay addresses (its
+    InternalIPs, canonical) and the overlay is on; fail-closed rules only for families with known
+    podCIDRs."""
     prefix = options.pod_interface_prefix
+    untrack_in, untrack_out = _untracked_overlay(underlay, options.overlay_port)
     prerouting_note = (
         f"anti-spoofing of pod interfaces ({naming.interface_wildcard(prefix)}), before conntrack"
     )
@@ -222,6 +279,8 @@ def base_chains(
                 DROP,
                 "anti-spoofing: a pod's source does not route back via its interface",
             ),
+            # After the pod rules: a pod's packet is done with this chain before it gets here.
+            *untrack_in,
         ),
         BaseHook("prerouting", PRIORITY_RAW, "raw"),
         note=prerouting_note,
@@ -257,7 +316,16 @@ def base_chains(
         BaseHook("forward", PRIORITY_FILTER, "filter"),
         note=forward_note,
     )
-    return prerouting, input_chain, forward
+    if not untrack_out:
+        return prerouting, input_chain, forward
+    output_note = "the overlay's VXLAN packets from this node, before conntrack"
+    output = Chain(
+        naming.CHAIN_OUTPUT,
+        _noted(output_note, *untrack_out),
+        BaseHook("output", PRIORITY_RAW, "raw"),
+        note=output_note,
+    )
+    return prerouting, input_chain, forward, output
 
 
 def tier_chains() -> tuple[Chain, ...]:

@@ -17,6 +17,9 @@ IFNAME_MAX = 15
 # The node's VXLAN device (not under POD_INTERFACE_PREFIX: decapsulated traffic is not pod traffic
 # of this node).
 VXLAN_INTERFACE = "stockade.vx"
+# The UDP port of the overlay's VXLAN packets (IANA's 4789); the compiler exempts them from
+# conntrack on the node's own addresses (compiler.basechains says why).
+VXLAN_PORT = 4789
 
 
 def pod_interface(container_id: str, ifname: str) -> str:

@@ -18,7 +18,7 @@ from compiler.naming import comment as sanitized_comment
 FAMILIES: tuple[Family, ...] = (4, 6)
 DIRECTIONS: tuple[Direction, ...] = ("ingress", "egress")
 AddrField = Literal["saddr", "daddr"]
-Hook = Literal["prerouting", "input", "forward"]
+Hook = Literal["prerouting", "input", "forward", "output"]
 
 
 # --- matches ----------------------------------------------------------------------------------------
@@ -32,6 +32,15 @@ class AddrInSet:
     field: AddrField
     set_name: str
     negate: bool = False
+
+
+@dataclass(frozen=True)
+class AddrIs:
+    """``ip daddr 192.0.2.1``: one literal address (the node's own underlay addresses)."""
+
+    family: Family
+    field: AddrField
+    address: str
 
 
 @dataclass(frozen=True, order=True)
@@ -111,6 +120,7 @@ class Icmpv6TypeIn:
 
 Match = (
     AddrInSet
+    | AddrIs
     | DportIn
     | L4protoIn
     | DaddrProtoPortInSet
@@ -144,6 +154,15 @@ def jump(target: str) -> Verdict:
 
 
 @dataclass(frozen=True)
+class Notrack:
+    """The ``notrack`` statement: conntrack leaves the packet alone (no entry; ``ct state
+    untracked``). Not a verdict: the chain goes on with the next rule."""
+
+
+NOTRACK = Notrack()
+
+
+@dataclass(frozen=True)
 class VmapLookup:
     """``ip saddr vmap @map``: O(1) dispatch on a local pod's address."""
 
@@ -157,7 +176,7 @@ class Rule:
     """Matches (all must hold), then an optional counter, then the action; ``comment`` is sanitized."""
 
     matches: tuple[Match, ...]
-    action: Verdict | VmapLookup
+    action: Verdict | VmapLookup | Notrack
     comment: str
     counter: bool = True
 

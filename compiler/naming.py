@@ -52,6 +52,7 @@ Tier = Literal["admin", "baseline"]
 CHAIN_PREROUTING = "prerouting"
 CHAIN_INPUT = "input"
 CHAIN_FORWARD = "forward"
+CHAIN_OUTPUT = "output"
 
 
 def interface_wildcard(prefix: str) -> str:

@@ -66,7 +66,12 @@ class NodeState:
         self.store = ChainStore(self._selection)
         self.dispatch = Dispatch()
         self._chains = PodChains(model.policies)
-        self._base = base_chains(tuple(f for f in FAMILIES if self._cidrs[f]), options=options)
+        underlay, underlay_notes = _underlay(model, node)
+        self._node_notes = (*self._node_notes, *underlay_notes)
+        self.notes = (*self.notes, *underlay_notes)
+        self._base = base_chains(
+            tuple(f for f in FAMILIES if self._cidrs[f]), options=options, underlay=underlay
+        )
         self._prefix = options.pod_interface_prefix
         self._sources, self._source_notes = usable_sources(model.pod_sources, prefix=self._prefix)
         self.source_sets = {f: source_set(f, self._sources[f]) for f in FAMILIES}
@@ -232,6 +237,25 @@ class NodeState:
 def _order(policy: NetworkPolicy) -> tuple[str, str, str]:
     """Where a policy's notes go: the agent's model lists policies by namespace, name, UID."""
     return (policy.metadata.namespace or "", policy.metadata.name, policy_uid(policy))
+
+
+def _underlay(model: ClusterModel, node: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The node's InternalIPs (the overlay's tunnel endpoints), canonical and sorted, and a note
+    for each that is not an address."""
+    obj = model.node(node)
+    if obj is None:
+        return (), ()
+    found: set[ipaddress.IPv4Address | ipaddress.IPv6Address] = set()
+    notes: list[str] = []
+    for text in obj.internal_ips():
+        try:
+            found.add(ipaddress.ip_address(text))
+        except ValueError:
+            notes.append(
+                f"node {naming.sanitize(node)!r}: InternalIP {naming.sanitize(text)!r} is not an address;"
+                " its VXLAN packets are tracked"
+            )
+    return tuple(str(a) for a in sorted(found, key=lambda a: (a.version, int(a)))), tuple(notes)
 
 
 def _node_cidrs(

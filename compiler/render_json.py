@@ -16,6 +16,7 @@ from typing import Any
 
 from compiler.ir import (
     AddrInSet,
+    AddrIs,
     AddrPortSet,
     AddrSet,
     Chain,
@@ -34,6 +35,7 @@ from compiler.ir import (
     MapEntry,
     Match,
     NodePlan,
+    Notrack,
     PlanSet,
     PortRange,
     Rule,
@@ -66,6 +68,8 @@ def _one_or_set(values: list[Any]) -> Any:
 
 
 def match_json(m: Match) -> Json:
+    if isinstance(m, AddrIs):
+        return _eq(_payload(ip_keyword(m.family), m.field), m.address)
     if isinstance(m, AddrInSet):
         return _eq(_payload(ip_keyword(m.family), m.field), f"@{m.set_name}", op="!=" if m.negate else "==")
     if isinstance(m, DportIn):
@@ -114,6 +118,8 @@ def rule_json(chain: str, rule: Rule) -> Json:
     if isinstance(rule.action, VmapLookup):
         a = rule.action
         expr.append({"vmap": {"key": _payload(ip_keyword(a.family), a.field), "data": f"@{a.map_name}"}})
+    elif isinstance(rule.action, Notrack):
+        expr.append({"notrack": None})
     else:
         expr.append(verdict_json(rule.action))
     return {"rule": {"family": FAMILY, "table": TABLE, "chain": chain, "expr": expr, "comment": rule.comment}}

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from compiler import naming
 from compiler.ir import (
     AddrInSet,
+    AddrIs,
     AddrPortSet,
     AddrSet,
     Chain,
@@ -33,6 +34,7 @@ from compiler.ir import (
     L4protoIn,
     Match,
     NodePlan,
+    Notrack,
     PlanSet,
     PortRange,
     Rule,
@@ -56,6 +58,8 @@ def _one_or_set(values: Sequence[str]) -> str:
 
 
 def match_text(m: Match) -> str:
+    if isinstance(m, AddrIs):
+        return f"{ip_keyword(m.family)} {m.field} {m.address}"
     if isinstance(m, AddrInSet):
         return f"{ip_keyword(m.family)} {m.field} {'!= ' if m.negate else ''}@{m.set_name}"
     if isinstance(m, DportIn):
@@ -93,6 +97,8 @@ def rule_text(rule: Rule) -> str:
     if isinstance(rule.action, VmapLookup):
         a = rule.action
         words.append(f"{ip_keyword(a.family)} {a.field} vmap @{a.map_name}")
+    elif isinstance(rule.action, Notrack):
+        words.append("notrack")
     else:
         words.append(verdict_text(rule.action))
     words.append(f'comment "{rule.comment}"')

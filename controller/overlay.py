@@ -30,13 +30,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from compiler.ifnames import VXLAN_INTERFACE
+from compiler.ifnames import VXLAN_INTERFACE, VXLAN_PORT
 from compiler.model import Node
 from controller.errors import UsageError
 
 # The VXLAN network identifier and UDP port (IANA's 4789) of Stockade's overlay.
 DEFAULT_VNI = 4242
-DEFAULT_PORT = 4789
+DEFAULT_PORT = VXLAN_PORT
 # Routes Stockade installs carry this protocol number, so sync removes only its own
 # (unassigned in iproute2's rt_protos; the kernel's own routes use 2).
 RTPROT_STOCKADE = 83

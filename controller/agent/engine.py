@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from compiler.incremental import NodeCompiler
 from compiler.ir import NodePlan
 from compiler.model import Namespace
+from compiler.options import DEFAULT_OPTIONS, CompileOptions
 from controller.agent.debounce import Batch
 from controller.agent.notices import Notice, notices
 from controller.agent.store import Snapshot
@@ -37,8 +38,9 @@ class Compiled:
 
 
 class Engine:
-    def __init__(self, *, node: str) -> None:
+    def __init__(self, *, node: str, options: CompileOptions = DEFAULT_OPTIONS) -> None:
         self.node = node
+        self.options = options
         self._compiler: NodeCompiler | None = None
 
     def compile(self, batch: Batch, snapshot: Snapshot) -> Compiled:
@@ -53,7 +55,7 @@ class Engine:
                 log.exception("incremental compile failed; compiling node %s in full", self.node)
         model = snapshot.model()
         self._compiler = None
-        self._compiler = NodeCompiler(model, node=self.node)
+        self._compiler = NodeCompiler(model, node=self.node, options=self.options)
         return Compiled(self._compiler.plan, full=True, notices=tuple(notices(model)))
 
     def notices(self, snapshot: Snapshot) -> tuple[Notice, ...]:

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
 from compiler.ir import NodePlan
+from compiler.options import DEFAULT_OPTIONS, CompileOptions
 from controller.agent.debounce import Batch, Coalescer
 from controller.agent.engine import Compiled, Engine
 from controller.agent.metrics import AgentMetrics
@@ -55,6 +56,7 @@ class Agent:
         watches_healthy: Callable[[], bool] = lambda: True,
         notice_delay: float = 1.0,
         sources: PodSourceReader | None = None,
+        compile_options: CompileOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.node = node
         self.sources = sources
@@ -64,7 +66,7 @@ class Agent:
         self.coalescer = Coalescer(
             window=debounce, max_delay=max_delay if max_delay else max(10 * debounce, 0.1)
         )
-        self.engine = Engine(node=node)
+        self.engine = Engine(node=node, options=compile_options)
         self.metrics = AgentMetrics(applier)
         self.check_interval = check_interval
         self.watches_healthy = watches_healthy

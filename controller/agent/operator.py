@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import kopf
 import kubernetes
 
+from compiler.options import CompileOptions
 from controller.agent import kube
 from controller.agent.http import serve
 from controller.agent.kopfconf import Forgetful, settings
@@ -240,6 +241,8 @@ async def run(
         check_interval=options.check_interval,
         watches_healthy=health.healthy,
         sources=sources,
+        # Without the overlay, UDP 4789 is another plugin's tunnel (or nobody's): leave it tracked.
+        compile_options=CompileOptions() if options.overlay else CompileOptions(overlay_port=None),
     )
     overlay: OverlaySync | None = None
     if options.overlay:

@@ -59,7 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -71,7 +71,7 @@ from pyroute2 import IPRoute, netns  # the bench may touch the world; the compil
 from compiler import naming
 from compiler.cluster import ClusterModel, PodSource
 from compiler.ir import IifnameSaddrInSet, NodePlan
-from compiler.model import Namespace, NetworkPolicy, Pod
+from compiler.model import Namespace, NetworkPolicy, Node, Pod
 from compiler.plan import build_plan
 from compiler.render_json import render_json
 from compiler.render_nft import rule_text, set_text
@@ -198,12 +198,28 @@ def preflight() -> dict[str, str]:
 
 
 def bench_model(
-    *, server_ip: str = SERVER_IP, client_ip: str = CLIENT_IP, client_node: str = NODE
+    *,
+    server_ip: str = SERVER_IP,
+    client_ip: str = CLIENT_IP,
+    client_node: str = NODE,
+    internal_ips: Mapping[str, str] | None = None,
 ) -> ClusterModel:
     """The synthetic cluster plus namespace ``bench``: server on node-00 and client (on node-00
     unless ``client_node`` says otherwise: the overlay bench puts it on another node), each
-    isolated."""
+    isolated; ``internal_ips`` replaces those nodes' InternalIPs (the overlay bench's underlay,
+    which the compiled ruleset names to untrack the tunnel's packets)."""
     base = synthetic_cluster(pods=10_000, namespaces=500, policies=1_000, nodes=20)
+    nodes = tuple(
+        n
+        if n.metadata.name not in (internal_ips or {})
+        else Node.model_validate(
+            {
+                **n.model_dump(mode="json", by_alias=True, exclude_none=True),
+                "status": {"addresses": [{"type": "InternalIP", "address": internal_ips[n.metadata.name]}]},  # type: ignore[index]
+            }
+        )
+        for n in base.nodes
+    )
     bench_ns = Namespace.model_validate(
         {"metadata": {"name": "bench", "labels": {"team": "team-0", "env": "prod"}}}
     )
@@ -262,7 +278,7 @@ def bench_model(
         namespaces=(*base.namespaces, bench_ns),
         pods=(*base.pods, server, client),
         policies=(*base.policies, *(NetworkPolicy.model_validate(p) for p in policies)),
-        nodes=base.nodes,
+        nodes=nodes,
         # The pairs the node agent reads from the lab's routes (a /32 to each pod's veth).
         pod_sources=frozenset(
             {PodSource(HOST_IFNAMES["server"], server_ip), PodSource(HOST_IFNAMES["client"], client_ip)}

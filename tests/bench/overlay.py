@@ -194,7 +194,9 @@ def main() -> None:
                 f"server {lab.server_ip} on {SERVER_NODE}, client {client_ip} on {CLIENT_NODE}, "
                 f"over {naming.VXLAN_INTERFACE}"
             )
-            model = bench_model(server_ip=lab.server_ip, client_ip=client_ip, client_node=CLIENT_NODE)
+            model = bench_model(
+                server_ip=lab.server_ip, client_ip=client_ip, client_node=CLIENT_NODE, internal_ips=UNDERLAY
+            )
             tables = {}
             for node in (SERVER_NODE, CLIENT_NODE):
                 tables[node], _, summary = stockade_ruleset(work, model=model, node=node)

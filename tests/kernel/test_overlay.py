@@ -12,9 +12,15 @@ from typing import Any
 import pytest
 from pyroute2 import IPRoute
 
-from compiler.ifnames import VXLAN_INTERFACE
+from compiler.cluster import ClusterModel
+from compiler.ifnames import VXLAN_INTERFACE, VXLAN_PORT
+from compiler.model import Namespace, Node, Pod
+from compiler.options import CompileOptions
+from compiler.plan import build_plan
+from compiler.render_json import render_json
 from controller import overlay
 from controller.overlay import OverlayNode
+from tests.kernel.test_render_load import load_json
 from tests.support.cnilab import CniLab, connect, listen, serve_once
 
 UNDERLAY = {4: ("192.0.2.1", "192.0.2.2", 24), 6: ("fd00:ffff::1", "fd00:ffff::2", 64)}
@@ -169,3 +175,66 @@ def test_sync_follows_nodes_leaving_and_moving(nodes: TwoNodes) -> None:
 
     assert nodes.one.in_node(overlay.remove) is True
     assert nodes.one.in_node(_state) == {"device": False}
+
+
+def _overlay_model(nodes: TwoNodes, pods: dict[str, tuple[str, list[str]]]) -> ClusterModel:
+    """Both nodes (podCIDRs, InternalIP) and a pod on each, no policy: what the agents compile."""
+    node_objects = tuple(
+        Node.model_validate(
+            {
+                "metadata": {"name": n.name},
+                "spec": {"podCIDRs": list(n.pod_cidrs)},
+                "status": {"addresses": [{"type": "InternalIP", "address": n.internal_ips[0]}]},
+            }
+        )
+        for n in (nodes.node1, nodes.node2)
+    )
+    pod_objects = tuple(
+        Pod.model_validate(
+            {
+                "metadata": {"name": name, "namespace": "x", "uid": f"uid-{name}"},
+                "spec": {"nodeName": node, "containers": [{}]},
+                "status": {"phase": "Running", "podIPs": [{"ip": a} for a in addresses]},
+            }
+        )
+        for node, (name, addresses) in pods.items()
+    )
+    namespaces = (Namespace.model_validate({"metadata": {"name": "x"}}),)
+    return ClusterModel(namespaces=namespaces, pods=pod_objects, policies=(), nodes=node_objects)
+
+
+def _tunnel_entries() -> tuple[int, int]:
+    """(conntrack entries of UDP to the VXLAN port, of TCP) in the node's namespace, IPv4 and IPv6
+    (inside its worker: thread-self, since the worker thread is the one in the namespace)."""
+    udp = tcp = 0
+    with open("/proc/thread-self/net/nf_conntrack") as table:
+        for line in table:
+            fields = line.split()  # "ipv4 2 udp 17 29 src=... dst=... sport=... dport=4789 ..."
+            dport = next((f.split("=")[1] for f in fields if f.startswith("dport=")), None)
+            udp += fields[2] == "udp" and dport == str(VXLAN_PORT)
+            tcp += fields[2] == "tcp"
+    return udp, tcp
+
+
+@pytest.mark.parametrize("untracked", [False, True], ids=["overlay-port-off", "overlay-port-on"])
+def test_vxlan_packets_are_not_tracked_and_pod_flows_are(nodes: TwoNodes, untracked: bool) -> None:
+    """With each node's compiled ruleset loaded, pod flows across the overlay are tracked (stateful
+    policy needs them) and the tunnel's UDP packets are not: every one of them would be an
+    unreplied entry of its own. Compiled without the overlay port, they are: the control."""
+    all_nodes = [nodes.node1, nodes.node2]
+    nodes.one.in_node(overlay.sync, nodes.node1, all_nodes)
+    nodes.two.in_node(overlay.sync, nodes.node2, all_nodes)
+    pod_a, addr_a = _add_pod(nodes.one)
+    pod_b, addr_b = _add_pod(nodes.two)
+    model = _overlay_model(nodes, {"node-1": (pod_a, addr_a), "node-2": (pod_b, addr_b)})
+    options = CompileOptions() if untracked else CompileOptions(overlay_port=None)
+    for lab, name in ((nodes.one, "node-1"), (nodes.two, "node-2")):
+        # A fresh namespace: no entries until a table that uses conntrack is loaded.
+        load_json(lab.node, render_json(build_plan(model, node=name, options=options)))
+    for family in (0, 1):
+        answer = _talk((nodes.one, pod_a, addr_a[family]), (nodes.two, pod_b, addr_b[family]))
+        assert answer == f"hello {addr_a[family]}"
+    for lab in (nodes.one, nodes.two):
+        udp, tcp = lab.in_node(_tunnel_entries)
+        assert tcp >= 2, "the pod flows (IPv4 and IPv6) are tracked on both nodes"
+        assert (udp == 0) == untracked, f"{udp} VXLAN entries in {lab.node}"

@@ -43,6 +43,7 @@ from compiler.ir import (
     L4protoIn,
     Match,
     NodePlan,
+    Notrack,
     SaddrDaddrInSet,
     SelfPairSet,
     Verdict,
@@ -142,6 +143,8 @@ def run_chain(plan: CompiledPlan, chain: Chain, pkt: Packet, depth: int = 0) -> 
             if found is None:
                 continue
             verdict = found
+        elif isinstance(action, Notrack):
+            continue  # a statement, not a verdict (only in prerouting and output, never judged here)
         else:
             verdict = action
         if verdict.kind == "accept":
@@ -201,6 +204,8 @@ def prerouting_allows(plan: CompiledPlan, arrival: Arrival, routes: Mapping[str,
     chain = plan.chains["prerouting"]
     assert chain.hook is not None and chain.hook.hook == "prerouting"
     for rule in chain.rules:
+        if isinstance(rule.action, Notrack):
+            continue  # conntrack's business, not a verdict: the chain goes on either way
         if not all(_prerouting_match(plan, m, arrival, routes) for m in rule.matches):
             continue
         assert isinstance(rule.action, Verdict), "prerouting has no verdict maps"

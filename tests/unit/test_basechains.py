@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 
 from compiler.basechains import base_chains, tier_chains
+from compiler.cluster import ClusterModel
 from compiler.errors import OptionError
 from compiler.ir import (
     ACCEPT,
     DROP,
+    NOTRACK,
     Chain,
     CtStateIn,
     FibSaddrIifMissing,
@@ -17,10 +19,11 @@ from compiler.ir import (
     Rule,
     is_description,
 )
-from compiler.model import Family
+from compiler.model import Family, Node
 from compiler.options import CompileOptions
 from compiler.plan import build_plan
 from compiler.render_nft import render_nft
+from compiler.render_nft import rule_text as _rule_text
 from tests.unit import clustergen
 
 FAMILY_CASES = [pytest.param((4, 6), id="dual-stack-podcidrs"), pytest.param((), id="no-podcidrs")]
@@ -125,3 +128,108 @@ def test_the_prefix_option_reaches_the_ruleset(prefix: str) -> None:
 def test_unusable_prefixes_are_refused(prefix: str) -> None:
     with pytest.raises(OptionError, match="pod interface prefix"):
         CompileOptions(pod_interface_prefix=prefix)
+
+
+UNDERLAY = ("192.0.2.1", "fd00:ffff::1")
+
+
+def render_rule(rule: Rule) -> str:
+    return _rule_text(rule).split(" comment ")[0]
+
+
+def _untracking(chains: dict[str, Chain]) -> dict[str, list[str]]:
+    return {
+        name: [render_rule(r) for r in chain.rules if r.action == NOTRACK] for name, chain in chains.items()
+    }
+
+
+@pytest.mark.parametrize(
+    ("options", "underlay", "expected"),
+    [
+        pytest.param(
+            CompileOptions(),
+            UNDERLAY,
+            {
+                "prerouting": [
+                    "ip daddr 192.0.2.1 udp dport 4789 notrack",
+                    "ip6 daddr fd00:ffff::1 udp dport 4789 notrack",
+                ],
+                "input": [],
+                "forward": [],
+                "output": [
+                    "ip saddr 192.0.2.1 udp dport 4789 notrack",
+                    "ip6 saddr fd00:ffff::1 udp dport 4789 notrack",
+                ],
+            },
+            id="overlay-on-dual-stack-node",
+        ),
+        pytest.param(
+            CompileOptions(overlay_port=8472),
+            UNDERLAY[:1],
+            {
+                "prerouting": ["ip daddr 192.0.2.1 udp dport 8472 notrack"],
+                "input": [],
+                "forward": [],
+                "output": ["ip saddr 192.0.2.1 udp dport 8472 notrack"],
+            },
+            id="other-port",
+        ),
+        pytest.param(
+            CompileOptions(overlay_port=None),
+            UNDERLAY,
+            {"prerouting": [], "input": [], "forward": []},
+            id="no-overlay",
+        ),
+        pytest.param(
+            CompileOptions(), (), {"prerouting": [], "input": [], "forward": []}, id="no-internal-ip"
+        ),
+    ],
+)
+def test_only_the_overlays_own_tunnel_packets_are_untracked(
+    options: CompileOptions, underlay: tuple[str, ...], expected: dict[str, list[str]]
+) -> None:
+    """VXLAN to and from the node's own InternalIPs on the overlay's port, nothing else: another
+    plugin's tunnel (--no-overlay) and forwarded UDP are conntrack's as before. The output chain
+    exists only to untrack them."""
+    chains = {c.name: c for c in base_chains((4, 6), options=options, underlay=underlay)}
+    assert _untracking(chains) == expected
+
+
+def test_untracking_comes_after_the_pod_rules() -> None:
+    """A pod's packet leaves prerouting at its first rule; the tunnel rules cost pods nothing."""
+    rules = {c.name: c for c in base_chains((4, 6), underlay=UNDERLAY)}["prerouting"].rules
+    kinds = [r.action == NOTRACK for r in rules]
+    assert kinds == [False, False, False, True, True]
+
+
+def test_the_output_chain_hooks_before_conntrack() -> None:
+    output = {c.name: c for c in base_chains((4, 6), underlay=UNDERLAY)}["output"]
+    assert output.hook is not None and (output.hook.hook, output.hook.priority) == ("output", -300)
+    assert all(not r.counter for r in output.rules)  # every tunnel packet passes: no count
+
+
+@pytest.mark.parametrize("port", [0, 65536, -1])
+def test_an_overlay_port_out_of_range_is_refused(port: int) -> None:
+    with pytest.raises(OptionError, match="overlay port"):
+        CompileOptions(overlay_port=port)
+
+
+def test_the_nodes_internal_ips_reach_the_plan_and_a_bad_one_is_noted() -> None:
+    node = Node.model_validate(
+        {
+            "metadata": {"name": "n1"},
+            "spec": {"podCIDRs": ["10.244.1.0/24"]},
+            "status": {
+                "addresses": [
+                    {"type": "InternalIP", "address": "FD00:FFFF:0::1"},
+                    {"type": "InternalIP", "address": "10.0.0.300"},
+                    {"type": "ExternalIP", "address": "203.0.113.9"},
+                ]
+            },
+        }
+    )
+    plan = build_plan(ClusterModel(namespaces=(), pods=(), policies=(), nodes=(node,)), node="n1")
+    text = render_nft(plan)
+    assert "ip6 daddr fd00:ffff::1 udp dport 4789 notrack" in text  # canonical
+    assert "203.0.113.9" not in text  # an ExternalIP is not the overlay's endpoint
+    assert any("InternalIP '10.0.0.300' is not an address" in n for n in plan.notes)

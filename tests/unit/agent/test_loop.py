@@ -18,7 +18,9 @@ from prometheus_client import generate_latest
 
 from compiler.ir import NodePlan
 from compiler.loader import load_manifests
+from compiler.options import CompileOptions
 from compiler.plan import build_plan
+from compiler.render_nft import rule_text
 from controller.agent.loop import Agent
 from controller.agent.notices import Notice
 from controller.agent.objects import Kind, parse
@@ -110,11 +112,18 @@ def run_agent(
     seed: list[dict[str, Any]] | None = None,
     applier: RecordingApplier | None = None,
     events: RecordingEvents | None = None,
+    compile_options: CompileOptions | None = None,
 ) -> Harness:
     async def main() -> Harness:
         rec = applier or RecordingApplier()
         agent = Agent(
-            node=NODE, applier=rec, events=events, debounce=0.01, check_interval=0.05, notice_delay=0.01
+            node=NODE,
+            applier=rec,
+            events=events,
+            debounce=0.01,
+            check_interval=0.05,
+            notice_delay=0.01,
+            compile_options=compile_options or CompileOptions(),
         )
         harness = Harness(agent, rec)
         initial = seed if seed is not None else [node_body(NODE), namespace_body("default")]
@@ -175,6 +184,27 @@ def test_each_step_equals_the_full_compile_of_the_same_objects() -> None:
 
     run_agent(scenario)
     assert seen == [name for name, _ in steps]
+
+
+@pytest.mark.parametrize(
+    ("options", "untracked"),
+    [
+        pytest.param(CompileOptions(), ["ip saddr 192.0.2.1 udp dport 4789 notrack"], id="overlay"),
+        pytest.param(CompileOptions(overlay_port=None), [], id="no-overlay"),
+    ],
+)
+def test_the_agents_overlay_decides_which_tunnel_packets_go_untracked(
+    options: CompileOptions, untracked: list[str]
+) -> None:
+    """The agent that runs the overlay untracks its VXLAN packets (to and from the node's
+    InternalIP); one started with --no-overlay leaves another plugin's tunnel alone."""
+
+    async def scenario(h: Harness) -> None:
+        plan = await h.settle()
+        output = [c for c in plan.base_chains if c.name == "output"]
+        assert [rule_text(r).split(" comment ")[0] for c in output for r in c.rules] == untracked
+
+    run_agent(scenario, compile_options=options)
 
 
 def test_a_burst_of_100_pod_changes_is_a_few_applies() -> None:
