@@ -229,6 +229,27 @@ def _untracked_overlay(underlay: tuple[str, ...], port: int | None) -> tuple[lis
     return to_node, from_node
 
 
+def _no_tunnel_from_pods(prefix: str, port: int | None) -> list[Rule]:
+    """Drop what a pod sends to the overlay's UDP port, to this node (``input``) or through it
+    (``forward``). A VXLAN device decapsulates whatever reaches its port, so a pod could hand the
+    overlay a frame holding any inner packet, with any source: a packet "from" a remote pod (the
+    inner packet arrives on the VXLAN device, the route back to a remote pod's address, so the
+    reverse-path check passes) that the destination's policies then allow. Calico drops VXLAN and
+    IP-in-IP from workloads for the same reason. After ``established``: the first packet of such
+    a flow is dropped, so none ever becomes established. A deliberate exception to the policy
+    semantics (README, "Where the code knowingly differs from DESIGN.md"): no policy can allow a pod
+    to reach the overlay's port."""
+    if port is None:
+        return []
+    return [
+        Rule(
+            (IfnamePrefix("iifname", prefix), DportIn("UDP", (PortRange(port, port),))),
+            DROP,
+            "overlay: no VXLAN from pods (it would carry packets with any source)",
+        )
+    ]
+
+
 def _noted(note: str, *rules: Rule) -> tuple[Rule, ...]:
     """A base chain's rules, its description carried by the first rule's comment: base chains see
     every packet on their hook, and a comment costs nothing per packet where a description rule
@@ -293,6 +314,7 @@ def base_chains(
             # The node talking to itself (also from an address it took from its podCIDR).
             Rule((IifLoopback(),), ACCEPT, "the node's own traffic to itself"),
             _ESTABLISHED,
+            *_no_tunnel_from_pods(prefix, options.overlay_port),
             # No `ct state invalid drop` here: traffic to the node that no pod sent is not ours.
             Rule((Icmpv6TypeIn(ND_TYPES),), ACCEPT, "neighbour discovery with the node is link control"),
             *_fail_closed(naming.CHAIN_INPUT, cidr_families),
@@ -308,6 +330,7 @@ def base_chains(
             forward_note,
             _ESTABLISHED,
             *_invalid_from_or_to_pods(prefix),
+            *_no_tunnel_from_pods(prefix, options.overlay_port),
             *_fail_closed(naming.CHAIN_FORWARD, cidr_families),
             *_hairpin(),
             *_dispatch("saddr"),

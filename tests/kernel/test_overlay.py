@@ -5,6 +5,7 @@ underlay; sync converges when a node leaves or moves, and changes nothing when n
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -177,8 +178,8 @@ def test_sync_follows_nodes_leaving_and_moving(nodes: TwoNodes) -> None:
     assert nodes.one.in_node(_state) == {"device": False}
 
 
-def _overlay_model(nodes: TwoNodes, pods: dict[str, tuple[str, list[str]]]) -> ClusterModel:
-    """Both nodes (podCIDRs, InternalIP) and a pod on each, no policy: what the agents compile."""
+def _overlay_model(nodes: TwoNodes, pods: dict[str, list[tuple[str, list[str]]]]) -> ClusterModel:
+    """Both nodes (podCIDRs, InternalIP) and their pods, no policy: what the agents compile."""
     node_objects = tuple(
         Node.model_validate(
             {
@@ -197,7 +198,8 @@ def _overlay_model(nodes: TwoNodes, pods: dict[str, tuple[str, list[str]]]) -> C
                 "status": {"phase": "Running", "podIPs": [{"ip": a} for a in addresses]},
             }
         )
-        for node, (name, addresses) in pods.items()
+        for node, on_node in pods.items()
+        for name, addresses in on_node
     )
     namespaces = (Namespace.model_validate({"metadata": {"name": "x"}}),)
     return ClusterModel(namespaces=namespaces, pods=pod_objects, policies=(), nodes=node_objects)
@@ -226,7 +228,7 @@ def test_vxlan_packets_are_not_tracked_and_pod_flows_are(nodes: TwoNodes, untrac
     nodes.two.in_node(overlay.sync, nodes.node2, all_nodes)
     pod_a, addr_a = _add_pod(nodes.one)
     pod_b, addr_b = _add_pod(nodes.two)
-    model = _overlay_model(nodes, {"node-1": (pod_a, addr_a), "node-2": (pod_b, addr_b)})
+    model = _overlay_model(nodes, {"node-1": [(pod_a, addr_a)], "node-2": [(pod_b, addr_b)]})
     options = CompileOptions() if untracked else CompileOptions(overlay_port=None)
     for lab, name in ((nodes.one, "node-1"), (nodes.two, "node-2")):
         # A fresh namespace: no entries until a table that uses conntrack is loaded.
@@ -238,3 +240,81 @@ def test_vxlan_packets_are_not_tracked_and_pod_flows_are(nodes: TwoNodes, untrac
         udp, tcp = lab.in_node(_tunnel_entries)
         assert tcp >= 2, "the pod flows (IPv4 and IPv6) are tracked on both nodes"
         assert (udp == 0) == untracked, f"{udp} VXLAN entries in {lab.node}"
+
+
+def _vxlan_frame(*, vtep_mac: str, source: str, destination: str, port: int, payload: bytes) -> bytes:
+    """A VXLAN packet's UDP payload by hand: the VXLAN header (VNI of Stockade's overlay), then an
+    Ethernet frame to ``vtep_mac`` holding an IPv4 UDP packet from ``source`` (any address the
+    sender likes) to ``destination``:``port``."""
+    udp = struct.pack("!HHHH", 40000, port, 8 + len(payload), 0) + payload  # checksum 0: none (IPv4)
+    header = struct.pack(
+        "!BBHHHBBH4s4s",
+        0x45, 0, 20 + len(udp), 0, 0, 64, socket.IPPROTO_UDP, 0,
+        socket.inet_aton(source), socket.inet_aton(destination),
+    )  # fmt: skip
+    words = struct.unpack("!10H", header)
+    total = sum(words)
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    header = header[:10] + struct.pack("!H", ~total & 0xFFFF) + header[12:]
+    ethernet = bytes.fromhex(vtep_mac.replace(":", "")) + bytes.fromhex("020000000001") + b"\x08\x00"
+    return struct.pack("!II", 0x08 << 24, overlay.DEFAULT_VNI << 8) + ethernet + header + udp
+
+
+def _udp_listener(address: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((address, port))
+    sock.settimeout(1.5)
+    return sock
+
+
+def _received(sock: socket.socket) -> tuple[bytes, str] | None:
+    try:
+        data, peer = sock.recvfrom(256)
+    except TimeoutError:
+        return None
+    finally:
+        sock.close()
+    return data, peer[0]
+
+
+def _send_udp(address: str, port: int, data: bytes) -> None:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.sendto(data, (address, port))
+
+
+@pytest.mark.parametrize("guarded", [False, True], ids=["overlay-port-off", "overlay-port-on"])
+def test_a_pod_cannot_inject_packets_into_the_overlay(nodes: TwoNodes, guarded: bool) -> None:
+    """A pod sends its node's VXLAN port a frame whose inner packet claims to come from a pod on
+    the other node, to another pod on its own node. The node decapsulates it onto stockade.vx (the
+    route back to that source, so the reverse-path check passes) and forwards it, unless the
+    ruleset drops VXLAN from pods: the control (compiled without the overlay port) shows the
+    injection is real, the ruleset stops it."""
+    all_nodes = [nodes.node1, nodes.node2]
+    nodes.one.in_node(overlay.sync, nodes.node1, all_nodes)
+    nodes.two.in_node(overlay.sync, nodes.node2, all_nodes)
+    attacker, attacker_ips = _add_pod(nodes.one)
+    victim = nodes.one.new_pod()
+    run = nodes.one.run("ADD", container_id=f"{nodes.one.lab_id}-victim", pod=victim)
+    assert run.returncode == 0, run
+    victim_ips = [entry["address"].split("/")[0] for entry in run.json()["ips"]]
+    remote, remote_ips = _add_pod(nodes.two)
+    pods = {"node-1": [(attacker, attacker_ips), (victim, victim_ips)], "node-2": [(remote, remote_ips)]}
+    model = _overlay_model(nodes, pods)
+    options = CompileOptions() if guarded else CompileOptions(overlay_port=None)
+    for lab, name in ((nodes.one, "node-1"), (nodes.two, "node-2")):
+        load_json(lab.node, render_json(build_plan(model, node=name, options=options)))
+
+    forged = remote_ips[0]  # a pod on the other node: its address routes back via stockade.vx
+    frame = _vxlan_frame(
+        vtep_mac=overlay.vtep_mac("node-1"),
+        source=forged,
+        destination=victim_ips[0],
+        port=7777,
+        payload=b"forged",
+    )
+    listener = nodes.one.in_pod(victim, _udp_listener, victim_ips[0], 7777)
+    nodes.one.in_pod(attacker, _send_udp, nodes.node1.internal_ips[0], VXLAN_PORT, frame)
+    got = nodes.one.in_pod(victim, _received, listener)
+    assert got == (None if guarded else (b"forged", forged))

@@ -124,7 +124,8 @@ def _matches(plan: CompiledPlan, m: Match, pkt: Packet) -> bool:
         m, CtStateIn | IifLoopback | IfnamePrefix | IifnameSaddrInSet | FibSaddrIifMissing | Icmpv6TypeIn
     ):
         # A new, valid TCP/UDP/SCTP packet, source not spoofed: every rule that names an interface
-        # also needs a spoofed source or an invalid state, so the interface does not matter here.
+        # also needs a spoofed source, an invalid state or the overlay's UDP port (which no
+        # packet of these tables uses), so the interface does not matter here.
         return False
     raise TypeError(m)
 

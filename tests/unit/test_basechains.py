@@ -13,10 +13,12 @@ from compiler.ir import (
     NOTRACK,
     Chain,
     CtStateIn,
+    DportIn,
     FibSaddrIifMissing,
     IfnamePrefix,
     IifnameSaddrInSet,
     Rule,
+    Verdict,
     is_description,
 )
 from compiler.model import Family, Node
@@ -233,3 +235,34 @@ def test_the_nodes_internal_ips_reach_the_plan_and_a_bad_one_is_noted() -> None:
     assert "ip6 daddr fd00:ffff::1 udp dport 4789 notrack" in text  # canonical
     assert "203.0.113.9" not in text  # an ExternalIP is not the overlay's endpoint
     assert any("InternalIP '10.0.0.300' is not an address" in n for n in plan.notes)
+
+
+@pytest.mark.parametrize("chain", ["input", "forward"])
+@pytest.mark.parametrize(
+    ("options", "dropped"),
+    [
+        pytest.param(CompileOptions(), ['iifname "stk*" udp dport 4789 counter drop'], id="overlay"),
+        pytest.param(
+            CompileOptions(pod_interface_prefix="veth", overlay_port=8472),
+            ['iifname "veth*" udp dport 8472 counter drop'],
+            id="other-prefix-and-port",
+        ),
+        pytest.param(CompileOptions(overlay_port=None), [], id="no-overlay"),
+    ],
+)
+def test_pods_cannot_send_to_the_overlays_port(
+    chain: str, options: CompileOptions, dropped: list[str]
+) -> None:
+    """VXLAN from a pod (to this node or through it) is dropped right after the replies, before
+    any policy could allow it: a decapsulated frame may carry any source address."""
+    rules = {c.name: c for c in base_chains((4, 6), options=options)}[chain].rules
+    tunnel = [
+        i
+        for i, r in enumerate(rules)
+        if any(isinstance(m, DportIn) and m.protocol == "UDP" for m in r.matches)
+    ]
+    assert [render_rule(rules[i]) for i in tunnel] == dropped
+    established = next(i for i, r in enumerate(rules) if CtStateIn(("established", "related")) in r.matches)
+    assert all(i > established for i in tunnel)
+    dispatch = [i for i, r in enumerate(rules) if not isinstance(r.action, Verdict)]
+    assert all(i < min(dispatch) for i in tunnel)
