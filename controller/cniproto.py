@@ -36,6 +36,14 @@ with, for ``unsupported_version`` only, ``"supported": [1]``. Error codes:
 - ``internal``: a bug in the agent.
 
 A malformed or refused request never ends the server; the plugin retries or fails the ADD.
+
+Readiness: once its first plan is in the kernel, the agent writes a marker file next to the
+socket (``agent-ready``, :func:`ready_marker`). ``stockade-cni STATUS`` (which containerd runs for
+the kubelet every few seconds: the node's ``NetworkReady``) fails with CNI error 50 while the
+marker is missing and the plugin waits for the agent: a node is not Ready, and gets no pods, before
+its agent enforces. The agent never removes the marker: a restarted agent adopts the table with no
+window, so its node stays Ready (a node flapping NotReady would mark its pods NotReady and take
+them out of Services). The run directory is a tmpfs, so a reboot clears it; uninstall removes it.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from controller.errors import CniProtocolError
@@ -52,6 +61,7 @@ SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 MAX_LINE = 65536
 MAX_ADDRESSES = 16
 DEFAULT_SOCKET = "/run/stockade/cni.sock"
+READY_MARKER = "agent-ready"
 
 MALFORMED = "malformed"
 UNSUPPORTED_VERSION = "unsupported_version"
@@ -181,3 +191,8 @@ def encode_error(code: str, message: str) -> bytes:
     if code == UNSUPPORTED_VERSION:
         reply["supported"] = list(SUPPORTED_VERSIONS)
     return json.dumps(reply).encode() + b"\n"
+
+
+def ready_marker(socket_path: str | Path) -> Path:
+    """The file the agent writes next to its socket once its first plan is in the kernel."""
+    return Path(socket_path).parent / READY_MARKER

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -44,24 +47,53 @@ class PodSink(Protocol):
 
 class CniServer:
     def __init__(
-        self, *, sink: PodSink, path: str | Path = cniproto.DEFAULT_SOCKET, program_timeout: float = 10.0
+        self,
+        *,
+        sink: PodSink,
+        path: str | Path = cniproto.DEFAULT_SOCKET,
+        program_timeout: float = 10.0,
+        ready: Callable[[], bool] | None = None,
     ) -> None:
+        """``ready`` says when the agent's first plan is in the kernel: the server then writes the
+        readiness marker next to the socket (:func:`controller.cniproto.ready_marker`)."""
         self.path = Path(path)
         self._sink = sink
         self._timeout = program_timeout
+        self._ready = ready
         self._server: asyncio.AbstractServer | None = None
+        self._marker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         sock = _bound_socket(self.path)
         self._server = await asyncio.start_unix_server(self._serve, sock=sock, limit=cniproto.MAX_LINE + 1)
+        if self._ready is not None:
+            self._marker = asyncio.create_task(self._mark_ready(self._ready), name="stockade cni ready")
 
     async def close(self) -> None:
+        if self._marker is not None:
+            self._marker.cancel()
+            await asyncio.gather(self._marker, return_exceptions=True)
+            self._marker = None
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
+        # The readiness marker stays: a restarted agent adopts the table without a window, and
+        # its node must not flap NotReady meanwhile (controller.cniproto says why).
+
+    async def _mark_ready(self, ready: Callable[[], bool]) -> None:
+        # Polled: readiness is a property of the agent; 0.1 s is nothing next to the kubelet's
+        # 5 s STATUS period, and a poll costs a few attribute reads.
+        while not ready():
+            await asyncio.sleep(0.1)
+        marker = cniproto.ready_marker(self.path)
+        staging = marker.with_name(f".{marker.name}.{os.getpid()}")
+        staging.write_text(json.dumps({"pid": os.getpid(), "since": time.time()}) + "\n")
+        os.chmod(staging, 0o644)
+        os.rename(staging, marker)
+        log.info("first plan in the kernel: %s written, stockade-cni STATUS reports ready", marker)
 
     async def __aenter__(self) -> CniServer:
         await self.start()

@@ -50,7 +50,12 @@ def cni_server(opts: Options) -> Callable[[Agent], Server] | None:
         return None
 
     def make(agent: Agent) -> Server:
-        return CniServer(sink=agent, path=opts.cni_socket, program_timeout=opts.cni_timeout)
+        return CniServer(
+            sink=agent,
+            path=opts.cni_socket,
+            program_timeout=opts.cni_timeout,
+            ready=lambda: agent.applied_plan is not None,  # the first plan is in the kernel
+        )
 
     return make
 

@@ -295,6 +295,17 @@ def cmd_gc(conf: NetConf) -> None:
 
 
 def cmd_status(conf: NetConf) -> None:
+    from controller.cniproto import ready_marker  # noqa: PLC0415
+
+    marker = ready_marker(conf.agent_socket)
+    if conf.wait_for_agent and not marker.exists():
+        raise CniError(
+            NOT_AVAILABLE,
+            "the Stockade agent on this node has not put its first plan in the kernel yet"
+            f" ({marker} is missing): pods added now would stay unreachable until it does",
+            "check the agent's pod on this node (kubectl -n <namespace> logs <stockade pod>);"
+            " waitForAgent false in the CNI configuration skips this check",
+        )
     ipam = _ipam(conf)
     try:
         with ipam.locked():

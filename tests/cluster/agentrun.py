@@ -95,7 +95,10 @@ def running_agent(
 
     def cni(agent: Agent) -> Server:
         assert cni_socket is not None
-        return CniServer(sink=agent, path=cni_socket, program_timeout=10)
+        # As `stockade agent` does (controller/agent/main.py): the readiness marker STATUS reads.
+        return CniServer(
+            sink=agent, path=cni_socket, program_timeout=10, ready=lambda: agent.applied_plan is not None
+        )
 
     def main() -> None:
         asyncio.set_event_loop(loop)

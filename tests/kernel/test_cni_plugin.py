@@ -160,6 +160,7 @@ def test_gc_releases_what_no_valid_attachment_owns(lab: CniLab) -> None:
 
 def test_cnitool_gc_and_status(lab: CniLab) -> None:
     lab.write_conflist()
+    lab.mark_agent_ready()
     pod = lab.new_pod()
     assert lab.cnitool("add", pod).returncode == 0
     status = lab.cnitool("status", pod)
@@ -171,8 +172,20 @@ def test_cnitool_gc_and_status(lab: CniLab) -> None:
     assert not any(name.startswith("stk") and len(name) == 15 for name in after.links)
 
 
+def test_status_waits_for_the_agents_first_plan(lab: CniLab) -> None:
+    """STATUS is the node's NetworkReady (containerd runs it for the kubelet): not ready while the
+    agent has no plan in the kernel, unless the plugin does not wait for the agent."""
+    status = lab.run("STATUS", ifname="")
+    assert status.error_code == 50, status
+    assert "agent-ready is missing" in status.json()["msg"] and "waitForAgent" in status.json()["details"]
+    assert lab.run("STATUS", ifname="", conf=lab.conf(waitForAgent=False)).returncode == 0
+    lab.mark_agent_ready()
+    assert lab.run("STATUS", ifname="").returncode == 0
+
+
 def test_status_fails_when_addresses_run_out() -> None:
     with CniLab(pod_cidrs=("10.99.3.0/30",)) as lab:
+        lab.mark_agent_ready()
         assert lab.run("STATUS", ifname="").returncode == 0
         for i in range(2):
             assert lab.run("ADD", container_id=f"c{i}", pod=lab.new_pod()).returncode == 0

@@ -125,6 +125,13 @@ class CniLab:
         ipr.addr("add", index=lo, address=NODE_V4, prefixlen=32)
         ipr.addr("add", index=lo, address=NODE_V6, prefixlen=128, flags=0x02)
 
+    def mark_agent_ready(self) -> None:
+        """What the agent writes next to its socket once its first plan is in the kernel
+        (controller.cniproto.ready_marker): STATUS needs it while the plugin waits for the agent."""
+        marker = Path(self.agent_socket).parent / "agent-ready"
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("{}\n")
+
     def new_pod(self) -> str:
         name = f"stk-{self.lab_id}-p{next(self._pod_numbers)}"
         netns.create(name)

@@ -253,3 +253,29 @@ def test_a_sink_slower_than_the_bound_gets_timeout(sockdir: Path) -> None:
 
     _, replies = run(path, scenario, timeout=0.2)
     assert replies[0]["error"]["code"] == "timeout" and "ADD x/a" in replies[0]["error"]["message"]
+
+
+def test_the_ready_marker_appears_once_the_agent_is_ready_and_outlives_the_server(sockdir: Path) -> None:
+    """stockade-cni STATUS reads the marker: absent until the first plan is in the kernel, then
+    kept when the agent stops (a restarted agent must not make its node flap NotReady)."""
+    path = sockdir / "cni.sock"
+    marker = sockdir / "agent-ready"
+    applied = asyncio.Event()
+
+    async def main() -> tuple[bool, bool]:
+        async with CniServer(sink=FakeSink(), path=path, ready=applied.is_set):
+            await asyncio.sleep(0.3)
+            before = marker.exists()
+            applied.set()
+            for _ in range(50):
+                if marker.exists():
+                    break
+                await asyncio.sleep(0.05)
+            return before, marker.exists()
+
+    before, after = asyncio.run(main())
+    assert (before, after) == (False, True)
+    assert marker.exists() and not path.exists()
+    assert stat.S_IMODE(marker.stat().st_mode) == 0o644
+    assert sorted(os.listdir(sockdir)) == ["agent-ready"]  # no staging file left
+    assert json.loads(marker.read_text())["pid"] == os.getpid()
