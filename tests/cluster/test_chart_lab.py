@@ -16,12 +16,15 @@ plugin runtime, as real hosts do.
 from __future__ import annotations
 
 import ipaddress
+import json
+import math
 import os
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +114,13 @@ def test_helm_install_makes_the_daemonset_and_every_node_ready(rlab: Lab, releas
         assert sorted(p.name for p in (rlab.node_dir(node.name) / "cni-net.d").iterdir()) == [CONFLIST]
         assert (rlab.node_dir(node.name) / "cni-bin" / "stockade-cni").exists(), node.name
         assert "table inet stockade" in _nft(node.netns, "list", "tables").stdout, node.name
+        # stockade-cni STATUS (the kubelet's NetworkReady, through containerd) waits for the agent's
+        # first plan: the node turned Ready no earlier than the agent wrote its marker.
+        marker = json.loads((rlab.node_dir(node.name) / "stockade-run" / "agent-ready").read_text())
+        obj = json.loads(rlab.kubectl("get", "node", node.name, "-o", "json").stdout)
+        ready = next(c for c in obj["status"]["conditions"] if c["type"] == "Ready")
+        became_ready = datetime.fromisoformat(ready["lastTransitionTime"].replace("Z", "+00:00"))
+        assert became_ready.timestamp() >= math.floor(marker["since"]), (node.name, ready, marker)
 
 
 # --- the workload: two servers (one per node), a friend and a stranger on node-1 ----------------
