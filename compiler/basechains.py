@@ -205,28 +205,16 @@ def _untracked_overlay(underlay: tuple[str, ...], port: int | None) -> tuple[lis
     own underlay addresses: (prerouting rules, output rules). See the module's docstring."""
     if port is None:
         return [], []
-    ports = (PortRange(port, port),)
-    to_node, from_node = [], []
-    for address in underlay:
+    udp = DportIn("UDP", (PortRange(port, port),))
+
+    def untrack(field: AddrField, address: str, what: str) -> Rule:
         family: Family = 6 if ":" in address else 4
-        udp = DportIn("UDP", ports)
-        to_node.append(
-            Rule(
-                (AddrIs(family, "daddr", address), udp),
-                NOTRACK,
-                "overlay: VXLAN to this node, untracked",
-                counter=False,
-            )
+        return Rule(
+            (AddrIs(family, field, address), udp), NOTRACK, f"overlay: VXLAN {what}, untracked", counter=False
         )
-        from_node.append(
-            Rule(
-                (AddrIs(family, "saddr", address), udp),
-                NOTRACK,
-                "overlay: VXLAN from this node, untracked",
-                counter=False,
-            )
-        )
-    return to_node, from_node
+
+    to_node = [untrack("daddr", a, "to this node") for a in underlay]
+    return to_node, [untrack("saddr", a, "from this node") for a in underlay]
 
 
 def _no_tunnel_from_pods(prefix: str, port: int | None) -> list[Rule]:
