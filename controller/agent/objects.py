@@ -96,6 +96,14 @@ def trimmed(kind: Kind, body: Mapping[str, Any]) -> dict[str, Any]:
         status = _pick(body.get("status"), _POD_STATUS_KEYS)
         if isinstance(status.get("phase"), str):
             status["phase"] = sys.intern(status["phase"])
+        ips = status.get("podIPs")
+        if (
+            isinstance(ips, list)
+            and ips
+            and isinstance(ips[0], Mapping)
+            and ips[0].get("ip") == status.get("podIP")
+        ):
+            status["podIP"] = ips[0]["ip"]  # the API repeats it: one string for both
         return {"metadata": meta, "spec": spec, "status": status}
     if kind == "Node":
         return {
