@@ -83,12 +83,19 @@ def pod_addresses(pod: Pod) -> tuple[str, ...]:
 
 
 class _NsIndex:
-    __slots__ = ("all", "by_key", "by_label")
+    """One namespace's pods: all of them, and by label. Which values a key has stands in for an
+    index by key (Exists / DoesNotExist take the union of the key's value sets): a second set per
+    label would hold every labelled pod again (at 10,000 pods, ~4 MiB the node agent keeps)."""
+
+    __slots__ = ("all", "by_label", "values")
 
     def __init__(self) -> None:
         self.all: set[str] = set()
-        self.by_key: dict[str, set[str]] = {}
         self.by_label: dict[tuple[str, str], set[str]] = {}
+        self.values: dict[str, set[str]] = {}  # label key -> the values pods have for it
+
+    def with_key(self, key: str) -> set[str]:
+        return set().union(*(self.by_label[(key, v)] for v in self.values.get(key, ())))
 
 
 _NEVER = datetime.min  # rank of a pod without creationTimestamp (offline manifests)
@@ -108,7 +115,9 @@ class PodIndex:
         self.pods: dict[str, Pod] = {}
         self.owner: dict[str, str] = {}
         self._addrs: dict[str, tuple[str, ...]] = {}
-        self._holders: dict[str, set[str]] = {}
+        # The UIDs claiming each address: a tuple, nearly always of one (a set per address was
+        # a quarter of the index's memory).
+        self._holders: dict[str, tuple[str, ...]] = {}
         self._ns: dict[str, _NsIndex] = {}
         for pod in pods:
             self._insert(pod)
@@ -139,16 +148,22 @@ class PodIndex:
             return
         addresses = self._addrs.pop(key, ())
         for address in addresses:
-            holders = self._holders[address]
-            holders.discard(key)
-            if not holders:
+            holders = tuple(h for h in self._holders[address] if h != key)
+            if holders:
+                self._holders[address] = holders
+            else:
                 del self._holders[address]
         if not pod.spec.host_network:
             ns = self._ns[namespace_of(pod)]
             ns.all.discard(key)
             for k, v in pod.metadata.labels.items():
-                ns.by_key[k].discard(key)
-                ns.by_label[(k, v)].discard(key)
+                members = ns.by_label[(k, v)]
+                members.discard(key)
+                if not members:  # the last pod with this label: forget the label
+                    del ns.by_label[(k, v)]
+                    ns.values[k].discard(v)
+                    if not ns.values[k]:
+                        del ns.values[k]
         for address in addresses:
             self._elect(address)
 
@@ -164,9 +179,9 @@ class PodIndex:
             elif op == "NotIn":
                 hits = ns.all - set().union(*(ns.by_label.get((key, v), ()) for v in values))
             elif op == "Exists":
-                hits = set(ns.by_key.get(key, ()))
+                hits = ns.with_key(key)
             else:  # DoesNotExist
-                hits = ns.all - ns.by_key.get(key, set())
+                hits = ns.all - ns.with_key(key)
             found = hits if found is None else found & hits
             if not found:
                 return set()
@@ -180,13 +195,15 @@ class PodIndex:
         ns = self._ns.setdefault(namespace_of(pod), _NsIndex())
         ns.all.add(key)
         for k, v in pod.metadata.labels.items():
-            ns.by_key.setdefault(k, set()).add(key)
+            ns.values.setdefault(k, set()).add(v)
             ns.by_label.setdefault((k, v), set()).add(key)
         addresses = pod_addresses(pod)
         if addresses:
             self._addrs[key] = addresses
         for address in addresses:
-            self._holders.setdefault(address, set()).add(key)
+            held = self._holders.get(address, ())
+            if key not in held:
+                self._holders[address] = (*held, key)
 
     def _elect(self, address: str) -> None:
         holders = self._holders.get(address)

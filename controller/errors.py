@@ -11,6 +11,8 @@ and raise from one place; what the controller adds is only what the compiler can
   from the peer), with the protocol's error code;
 - :class:`AgentRefused`: the agent answered the CNI client with an error code;
 - :class:`AgentUnavailable`: the CNI client could not get an answer from the agent in time;
+- :class:`ApiError`: the API server answered the agent's own request (not kopf's) with an error
+  status (the status and the server's body are kept);
 - :class:`UninstallIncomplete`: ``stockade uninstall-cluster`` ran out of time (names the nodes);
 - :class:`InternalError` (re-exported): a bug in Stockade.
 """
@@ -22,6 +24,7 @@ from compiler.errors import InputError, InternalError, PeerError, Problem, Stock
 __all__ = [
     "AgentRefused",
     "AgentUnavailable",
+    "ApiError",
     "CniProtocolError",
     "InputError",
     "InternalError",
@@ -86,3 +89,14 @@ class AgentUnavailable(StockadeError):
 class UninstallIncomplete(StockadeError):
     """``stockade uninstall-cluster`` ran out of time: the message names what was not done (which
     nodes were not cleaned); nothing it did is undone, and running it again continues."""
+
+
+class ApiError(StockadeError):
+    """The API server answered a request of the agent's with a status other than 2xx; ``body`` is
+    the server's answer (a Status object's JSON, usually), verbatim."""
+
+    def __init__(self, method: str, path: str, *, status: int, reason: str, body: str) -> None:
+        self.status = status
+        self.reason = reason
+        self.body = body
+        super().__init__(f"{method} {path}: {status} {reason}: {body[:500]}")

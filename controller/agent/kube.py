@@ -1,8 +1,7 @@
 """The agent's own API access (besides kopf's watches): credentials, Events, kube-proxy's mode, health.
 
-Credentials come from ``--kubeconfig`` when given, else the pod's ServiceAccount (in-cluster),
-else the default kubeconfig (``$KUBECONFIG``, ``~/.kube/config``). kopf is logged in with the
-same credentials (:func:`connection_info`).
+Credentials and requests: :mod:`controller.agent.apiclient` (no ``kubernetes`` client package).
+kopf is logged in with the same credentials (:func:`login`).
 
 Events are core/v1 Events (what ``kubectl describe`` and ``kubectl get events`` show), posted by
 component ``stockade-agent`` with this node as the source host. They are the only thing the agent
@@ -21,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import datetime as dt
-import json
 import logging
 import time
 from collections.abc import Iterator
@@ -29,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-import kubernetes
 import yaml
 
+from controller.agent.apiclient import ApiClient, Credentials
 from controller.agent.notices import Notice, ObjectRef
+from controller.errors import ApiError
 
 log = logging.getLogger(__name__)
 
@@ -40,37 +39,10 @@ COMPONENT = "stockade-agent"
 IPVS_DEVICE = Path("/sys/class/net/kube-ipvs0")
 
 
-def client_config(kubeconfig: str | None) -> Any:
-    """A kubernetes client Configuration: ``kubeconfig``, else in-cluster, else the default file."""
-    cfg = kubernetes.client.Configuration()
-    if kubeconfig:
-        kubernetes.config.load_kube_config(config_file=kubeconfig, client_configuration=cfg)  # type: ignore[no-untyped-call]
-        return cfg
-    try:
-        kubernetes.config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    except kubernetes.config.ConfigException:
-        kubernetes.config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    return cfg
-
-
-def connection_info(cfg: Any) -> kopf.ConnectionInfo:
-    """The same credentials for kopf's watches (as kopf's own kubernetes-client login reads them)."""
-    header = cfg.get_api_key_with_prefix("BearerToken") or cfg.get_api_key_with_prefix("authorization")
-    parts = header.split(" ", 1) if header else []
-    scheme, token = (
-        (None, None) if not parts else (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-    )
-    return kopf.ConnectionInfo(
-        server=cfg.host,
-        ca_path=cfg.ssl_ca_cert,
-        insecure=not cfg.verify_ssl,
-        username=cfg.username or None,
-        password=cfg.password or None,
-        scheme=scheme,
-        token=token,
-        certificate_path=cfg.cert_file,
-        private_key_path=cfg.key_file,
-    )
+def login(credentials: Credentials) -> kopf.ConnectionInfo:
+    """kopf's watches log in with the agent's credentials (kopf calls this again after a 401: a
+    rotated ServiceAccount token is read anew)."""
+    return credentials.current()
 
 
 def _now() -> str:
@@ -80,8 +52,8 @@ def _now() -> str:
 class KubeEvents:
     """Posts notices as core/v1 Events (blocking: the agent calls it in a thread)."""
 
-    def __init__(self, api: Any, *, node: str) -> None:
-        self._core = kubernetes.client.CoreV1Api(api)
+    def __init__(self, api: ApiClient, *, node: str) -> None:
+        self._api = api
         self._node = node
 
     def post(self, notice: Notice) -> None:
@@ -107,8 +79,8 @@ class KubeEvents:
             "count": 1,
         }
         try:
-            self._core.create_namespaced_event(namespace, body)  # type: ignore[arg-type]  # a dict is sent as is
-        except kubernetes.client.ApiException as exc:
+            self._api.request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+        except ApiError as exc:
             if not _namespace_going(exc):
                 raise
             # The object the Event is about goes with its namespace: nobody could read the Event.
@@ -121,26 +93,25 @@ class KubeEvents:
             )
 
 
-def _namespace_going(exc: Any) -> bool:
+def _namespace_going(exc: ApiError) -> bool:
     """The API server refuses new objects in a namespace being deleted (403, cause
     NamespaceTerminating) or already gone (404)."""
     if exc.status == 404:
         return True
-    return exc.status == 403 and "NamespaceTerminating" in str(exc.body or "")
+    return exc.status == 403 and "NamespaceTerminating" in exc.body
 
 
-def ipvs_evidence(api: Any, *, device: Path = IPVS_DEVICE) -> str | None:
+def ipvs_evidence(api: ApiClient, *, device: Path = IPVS_DEVICE) -> str | None:
     """What shows kube-proxy in IPVS mode, or None."""
     if device.exists():
         return f"the {device.name} device exists on this node (kube-proxy creates it in IPVS mode)"
-    core = kubernetes.client.CoreV1Api(api)
     try:
-        cm = core.read_namespaced_config_map("kube-proxy", "kube-system")
-    except kubernetes.client.ApiException as exc:
+        cm = api.request("GET", "/api/v1/namespaces/kube-system/configmaps/kube-proxy")
+    except ApiError as exc:
         if exc.status in (403, 404):
             return None  # no such ConfigMap (not kubeadm), or not ours to read
         raise
-    for text in (cm.data or {}).values():
+    for text in (cm.get("data") or {}).values():
         try:
             conf = yaml.safe_load(text)
         except yaml.YAMLError:
@@ -164,8 +135,8 @@ class ApiHealth:
     """Whether the API server answers: the watches' health as far as the agent can see it (kopf
     re-lists after an outage on its own; the agent must not claim readiness meanwhile)."""
 
-    def __init__(self, api: Any, *, interval: float = 5.0) -> None:
-        self._version = kubernetes.client.VersionApi(api)
+    def __init__(self, api: ApiClient, *, interval: float = 5.0) -> None:
+        self._api = api
         self.interval = interval
         self._last_ok: float | None = None
 
@@ -177,7 +148,7 @@ class ApiHealth:
         while True:
             try:
                 await loop.run_in_executor(
-                    None, lambda: self._version.get_code(_request_timeout=self.interval)
+                    None, lambda: self._api.request("GET", "/version", timeout=self.interval)
                 )
                 self._last_ok = time.monotonic()
             except Exception as exc:
@@ -189,29 +160,33 @@ class ApiHealth:
 _METADATA_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 
-def list_uids(api: Any, path: str, *, page: int = 500) -> set[str]:
+def list_uids(api: ApiClient, path: str, *, page: int = 500) -> set[str]:
     """UIDs of every object at the collection ``path`` (blocking; paged)."""
-    return {item["metadata"]["uid"] for item in _list(api, path, accept=_METADATA_LIST, page=page)}
+    return {
+        item["metadata"]["uid"]
+        for items in _pages(api, path, accept=_METADATA_LIST, page=page)
+        for item in items
+    }
 
 
-def list_pages(api: Any, path: str, *, page: int = 500) -> Iterator[list[dict[str, Any]]]:
+def list_pages(api: ApiClient, path: str, *, page: int = 500) -> Iterator[list[dict[str, Any]]]:
     """Every object at the collection ``path``, as the API's JSON, a page at a time (blocking)."""
-    token = ""
-    while True:
-        items, token = _page(api, path, accept="application/json", page=page, token=token)
-        yield items
-        if not token:
-            return
+    return _pages(api, path, accept="application/json", page=page)
 
 
-def _list(api: Any, path: str, *, accept: str, page: int) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    token = ""
-    while True:
-        more, token = _page(api, path, accept=accept, page=page, token=token)
-        items += more
-        if not token:
-            return items
+def _pages(api: ApiClient, path: str, *, accept: str, page: int) -> Iterator[list[dict[str, Any]]]:
+    conn = api.connect()  # one connection for the listing's pages
+    try:
+        token = ""
+        while True:
+            query = [("limit", str(page))] + ([("continue", token)] if token else [])
+            body = api.request("GET", path, query=query, accept=accept, conn=conn)
+            yield body.get("items") or []
+            token = body.get("metadata", {}).get("continue", "")
+            if not token:
+                return
+    finally:
+        conn.close()
 
 
 _M_ARENA_MAX = -8  # glibc's mallopt parameter number (malloc.h)
@@ -235,20 +210,3 @@ def release_memory() -> None:
     except OSError:
         return
     libc.malloc_trim(0)
-
-
-def _page(api: Any, path: str, *, accept: str, page: int, token: str) -> tuple[list[dict[str, Any]], str]:
-    query = [("limit", str(page))] + ([("continue", token)] if token else [])
-    method, url, headers, _, _ = api.param_serialize(
-        "GET",
-        path,
-        query_params=query,
-        header_params={"Accept": accept},
-        auth_settings=["BearerToken"],
-    )
-    response = api.call_api(method, url, header_params=headers, _request_timeout=60)
-    response.read()
-    if not 200 <= response.status < 300:
-        raise RuntimeError(f"listing {path}: {response.status} {response.reason}")
-    body = json.loads(response.data)
-    return body.get("items") or [], body.get("metadata", {}).get("continue", "")

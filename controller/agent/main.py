@@ -7,8 +7,6 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-import kubernetes
-
 from controller.agent import kube
 from controller.agent.http import parse_listen
 from controller.agent.loop import Agent
@@ -66,8 +64,5 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kopf").setLevel(max(logging.WARNING, logging.getLevelName(args.log_level)))
     applier = node_applier()
-    try:
-        asyncio.run(run(opts, applier, cni_server=cni_server(opts), sources=RoutedSources()))
-    except kubernetes.config.ConfigException as exc:
-        raise UsageError(f"no credentials for the API server: {exc}") from exc
+    asyncio.run(run(opts, applier, cni_server=cni_server(opts), sources=RoutedSources()))
     return 0

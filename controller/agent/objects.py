@@ -19,6 +19,7 @@ cluster model's business (:mod:`compiler.defects`).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -68,9 +69,22 @@ def _containers(value: object) -> list[dict[str, Any]]:
     return [_pick(c, _CONTAINER_KEYS) for c in value] if isinstance(value, list) else []
 
 
+def _interned(meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` with its namespace and labels as interned strings: every parsed body brings its own
+    copy of each (the JSON decoder shares nothing between responses), and pydantic keeps the
+    strings it is given, so 10,000 pods held 10,000 copies of a few namespace names and label
+    values (~3 MiB). Anything not a string is left for the model to refuse."""
+    if isinstance(meta.get("namespace"), str):
+        meta["namespace"] = sys.intern(meta["namespace"])
+    labels = meta.get("labels")
+    if isinstance(labels, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
+        meta["labels"] = {sys.intern(k): sys.intern(v) for k, v in labels.items()}
+    return meta
+
+
 def trimmed(kind: Kind, body: Mapping[str, Any]) -> dict[str, Any]:
     """The part of ``body`` the compiler reads."""
-    meta = _pick(body.get("metadata"), _META_KEYS)
+    meta = _interned(_pick(body.get("metadata"), _META_KEYS))
     if kind == "NetworkPolicy":
         return {"metadata": meta, "spec": body.get("spec") or {}}
     if kind == "Pod":
@@ -79,7 +93,18 @@ def trimmed(kind: Kind, body: Mapping[str, Any]) -> dict[str, Any]:
         spec = _pick(raw_spec, _POD_SPEC_KEYS)
         spec["containers"] = _containers(raw_spec.get("containers"))
         spec["initContainers"] = _containers(raw_spec.get("initContainers"))
-        return {"metadata": meta, "spec": spec, "status": _pick(body.get("status"), _POD_STATUS_KEYS)}
+        status = _pick(body.get("status"), _POD_STATUS_KEYS)
+        if isinstance(status.get("phase"), str):
+            status["phase"] = sys.intern(status["phase"])
+        ips = status.get("podIPs")
+        if (
+            isinstance(ips, list)
+            and ips
+            and isinstance(ips[0], Mapping)
+            and ips[0].get("ip") == status.get("podIP")
+        ):
+            status["podIP"] = ips[0]["ip"]  # the API repeats it: one string for both
+        return {"metadata": meta, "spec": spec, "status": status}
     if kind == "Node":
         return {
             "metadata": meta,

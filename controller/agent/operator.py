@@ -25,10 +25,10 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import kopf
-import kubernetes
 
 from compiler.options import CompileOptions
 from controller.agent import kube
+from controller.agent.apiclient import ApiClient, Credentials, load_credentials
 from controller.agent.http import serve
 from controller.agent.kopfconf import Forgetful, settings
 from controller.agent.loop import Agent
@@ -65,7 +65,7 @@ def _unreadable(kind: Kind, body: Any, exc: UnreadableObject) -> Notice:
     return Notice(ref, "Unreadable", f"Stockade cannot read this object, so it is ignored: {exc}")
 
 
-async def initial_listing(agent: Agent, api: Any) -> None:
+async def initial_listing(agent: Agent, api: ApiClient) -> None:
     """Seed the agent with every object of the four kinds (retried until the API answers)."""
     loop = asyncio.get_running_loop()
     delay = 0.5
@@ -87,7 +87,7 @@ async def initial_listing(agent: Agent, api: Any) -> None:
     agent.seed((kind, model) for kind, (models, _) in listed.items() for model in models)
 
 
-def _parsed(api: Any, kind: Kind, path: str) -> tuple[list[Model], list[Notice]]:
+def _parsed(api: ApiClient, kind: Kind, path: str) -> tuple[list[Model], list[Notice]]:
     models: list[Model] = []
     unreadable: list[Notice] = []
     for page in kube.list_pages(api, path):
@@ -100,14 +100,14 @@ def _parsed(api: Any, kind: Kind, path: str) -> tuple[list[Model], list[Notice]]
     return models, unreadable
 
 
-def registry(agent: Agent, *, api_config: Any | None = None) -> kopf.OperatorRegistry:
+def registry(agent: Agent, *, credentials: Credentials | None = None) -> kopf.OperatorRegistry:
     reg = kopf.OperatorRegistry()
 
-    if api_config is not None:
+    if credentials is not None:
 
         @kopf.on.login(registry=reg)
         def login(**_: Any) -> kopf.ConnectionInfo:
-            return kube.connection_info(api_config)
+            return kube.login(credentials)
 
     for kind, (group_version, plural, _) in RESOURCES.items():
         _watch(reg, agent, kind, group_version, plural)
@@ -147,16 +147,15 @@ class Options:
     overlay: bool = True  # keep this node's VXLAN overlay in sync with the Node objects
 
 
-async def _kube_proxy_watch(agent: Agent, api: Any) -> None:
+async def _kube_proxy_watch(agent: Agent, api: ApiClient) -> None:
     """Looks once at start, then every 5 minutes (kube-proxy's mode changes only with a redeploy)."""
     loop = asyncio.get_running_loop()
-    core = kubernetes.client.CoreV1Api(api)
     while True:
         try:
             evidence = await loop.run_in_executor(None, kube.ipvs_evidence, api)
             if evidence is not None:
-                node = await loop.run_in_executor(None, core.read_node, agent.node)
-                uid = node.metadata.uid if node.metadata is not None else None
+                node = await loop.run_in_executor(None, api.request, "GET", f"/api/v1/nodes/{agent.node}")
+                uid = node.get("metadata", {}).get("uid")
                 notice = kube.ipvs_notice(agent.node, uid or "", evidence)
                 if agent.notice(notice):
                     log.error("!!! %s", notice.message)
@@ -165,7 +164,7 @@ async def _kube_proxy_watch(agent: Agent, api: Any) -> None:
         await asyncio.sleep(300)
 
 
-async def resync(agent: Agent, api: Any) -> int:
+async def resync(agent: Agent, api: ApiClient) -> int:
     """Forget objects deleted while the watches were away (see :meth:`Agent.prune`)."""
     loop = asyncio.get_running_loop()
     pruned = 0
@@ -179,7 +178,7 @@ async def resync(agent: Agent, api: Any) -> int:
     return pruned
 
 
-async def _resync_loop(agent: Agent, api: Any, health: kube.ApiHealth) -> None:
+async def _resync_loop(agent: Agent, api: ApiClient, health: kube.ApiHealth) -> None:
     await agent.synced.wait()
     # The first resync comes soon: it forgets what was deleted between the agent's own initial
     # listing and kopf's (kopf's listing shows what exists, not what went).
@@ -230,8 +229,8 @@ async def run(
     """Run the agent until ``stop`` is set (or SIGINT/SIGTERM in the main thread);
     ``cni_server`` makes the CNI socket's server for the agent (its sink); ``sources`` reads the
     node's routed pod sources (none: every pod packet takes the route lookup)."""
-    cfg = kube.client_config(options.kubeconfig)
-    api = kubernetes.client.ApiClient(cfg)
+    credentials = load_credentials(options.kubeconfig)
+    api = ApiClient(credentials)
     health = kube.ApiHealth(api)
     agent = Agent(
         node=options.node,
@@ -271,7 +270,7 @@ async def run(
     try:
         await initial_listing(agent, api)
         await kopf.operator(
-            registry=registry(agent, api_config=cfg),
+            registry=registry(agent, credentials=credentials),
             settings=settings(),
             memories=Forgetful(),
             standalone=True,
@@ -285,4 +284,3 @@ async def run(
         if cni is not None:
             await cni.close()
         await runner.cleanup()
-        api.close()  # type: ignore[no-untyped-call]

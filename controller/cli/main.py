@@ -15,11 +15,12 @@ stockade`` (:mod:`controller.cli.kubectl`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TextIO, cast
 
 from controller.cli import files, hostargs, offline
@@ -131,10 +132,32 @@ def main(
 
 def _agent(args: argparse.Namespace) -> int:
     try:
-        from controller.agent.main import main as agent_main  # noqa: PLC0415 - node-side, lazily
+        with kubernetes_client_hidden():
+            from controller.agent.main import main as agent_main  # noqa: PLC0415 - node-side, lazily
     except ModuleNotFoundError as exc:  # an offline-only install
         raise UsageError(f"needs the node-side packages ({exc}): pip install 'stockade[node]'") from exc
     return agent_main(args)
+
+
+@contextlib.contextmanager
+def kubernetes_client_hidden() -> Iterator[None]:
+    """Within the block, ``import kubernetes`` fails (unless something imported it before).
+
+    kopf imports the kubernetes client's models when that package is installed (it is: the CNI
+    installer and the kubectl plugin use it), only to recognise them in ``isinstance`` checks
+    (kopf/_cogs/helpers/thirdparty.py) that the agent never needs, and the import costs ~8 MiB
+    resident. The agent talks to the API without it (controller/agent/apiclient.py). A ``None``
+    in ``sys.modules`` makes an import raise ImportError, which kopf takes as "not installed";
+    the block is where the agent's modules (and so kopf) are first imported. Afterwards the
+    entry goes again, so the process (a test, say) can still import the package on purpose."""
+    hidden = "kubernetes" not in sys.modules
+    if hidden:
+        sys.modules["kubernetes"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if hidden and sys.modules.get("kubernetes") is None:
+            del sys.modules["kubernetes"]
 
 
 def finish(

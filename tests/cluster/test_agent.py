@@ -17,13 +17,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import kubernetes
 import pytest
 
 from compiler.ir import NodePlan
 from compiler.loader import load_manifests
 from compiler.plan import build_plan
+from controller.agent import apiclient
 from controller.agent import kube as kube_client
+from controller.agent.apiclient import ApiClient, load_credentials
 from controller.agent.loop import Agent
 from controller.agent.notices import Notice, ObjectRef
 from controller.agent.objects import parse
@@ -395,24 +396,20 @@ def test_metrics(agent: RunningAgent) -> None:
 def test_resync_forgets_objects_deleted_while_unseen(cp: ControlPlane) -> None:
     """After a long outage kopf re-lists without reporting deletions; the resync lists UIDs
     (metadata only, paged) and forgets what is gone, keeping what exists."""
-    api = kube_client.client_config(str(cp.kubeconfig))
-    client = kubernetes.client.ApiClient(api)
-    try:
-        assert kube_client.list_uids(client, "/api/v1/namespaces", page=1) == {
-            ns["metadata"]["uid"] for ns in cp.kube.get("/api/v1/namespaces")["items"]
-        }
+    client = ApiClient(load_credentials(str(cp.kubeconfig)))
+    assert kube_client.list_uids(client, "/api/v1/namespaces", page=1) == {
+        ns["metadata"]["uid"] for ns in cp.kube.get("/api/v1/namespaces")["items"]
+    }
 
-        async def scenario() -> set[str]:
-            agent = Agent(node=NODE, applier=RecordingApplier())
-            live = cp.kube.get(f"/api/v1/namespaces/{NS}/pods")["items"][0]
-            stale = {**live, "metadata": {**live["metadata"], "uid": "deleted-while-away", "name": "ghost"}}
-            agent.seed([("Pod", parse("Pod", live)), ("Pod", parse("Pod", stale))])
-            await resync(agent, client)
-            return agent.known("Pod")
+    async def scenario() -> set[str]:
+        agent = Agent(node=NODE, applier=RecordingApplier())
+        live = cp.kube.get(f"/api/v1/namespaces/{NS}/pods")["items"][0]
+        stale = {**live, "metadata": {**live["metadata"], "uid": "deleted-while-away", "name": "ghost"}}
+        agent.seed([("Pod", parse("Pod", live)), ("Pod", parse("Pod", stale))])
+        await resync(agent, client)
+        return agent.known("Pod")
 
-        held = asyncio.run(scenario())
-    finally:
-        client.close()  # type: ignore[no-untyped-call]
+    held = asyncio.run(scenario())
     assert "deleted-while-away" not in held
     assert held  # the pod that exists stays
 
@@ -487,8 +484,7 @@ def test_in_cluster_credentials(cp: ControlPlane, monkeypatch: pytest.MonkeyPatc
     (tmp_path / "token").write_text(token)
     (tmp_path / "ca.crt").write_bytes((cp.dir / "pki" / "ca.crt").read_bytes())
     host, port = cp.url.removeprefix("https://").rsplit(":", 1)
-    monkeypatch.setattr(kubernetes.config.incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
-    monkeypatch.setattr(kubernetes.config.incluster_config, "SERVICE_CERT_FILENAME", str(tmp_path / "ca.crt"))
+    monkeypatch.setattr(apiclient, "SERVICE_ACCOUNT", tmp_path)  # where kubelet would mount them
     monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
     monkeypatch.setenv("KUBERNETES_SERVICE_PORT", port)
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent"))  # no fallback to a kubeconfig
@@ -505,7 +501,7 @@ def test_an_event_into_a_namespace_being_deleted_is_dropped_not_an_error(cp: Con
     kube.create("/api/v1/namespaces", {"metadata": {"name": "going"}})
     kube.delete("/api/v1/namespaces/going")
     assert kube.get("/api/v1/namespaces/going")["status"]["phase"] == "Terminating"
-    api = kubernetes.client.ApiClient(kube_client.client_config(str(cp.kubeconfig_for(AGENT))))
+    api = ApiClient(load_credentials(str(cp.kubeconfig_for(AGENT))))
     events = kube_client.KubeEvents(api, node=NODE)
 
     def notice(namespace: str, reason: str) -> Notice:

@@ -66,6 +66,35 @@ def test_index_selects_what_matches_selects(seed: int) -> None:
             assert index.select(ns, selector) == expected
 
 
+@pytest.mark.parametrize("seed", [pytest.param(s, id=f"seed-{s}") for s in range(10)])
+def test_index_still_selects_what_matches_selects_after_removals_and_relabels(seed: int) -> None:
+    """Removing the last pod with a label (or a key) forgets that label: Exists, DoesNotExist and
+    NotIn still agree with ``matches`` over the pods left."""
+    rng = random.Random(seed)
+    m = clustergen.random_model(seed, pods=30)
+    index = PodIndex(m.pods)
+    live = {p.uid: p for p in m.pods}
+    for p in rng.sample(m.pods, k=len(m.pods) * 2 // 3):
+        index.remove(p.uid)
+        del live[p.uid]
+    for p in rng.sample(list(live.values()), k=len(live) // 2):  # relabelled: an update in place
+        labels = {k: v for k, v in p.metadata.labels.items() if rng.random() < 0.5}
+        moved = p.model_copy(update={"metadata": p.metadata.model_copy(update={"labels": labels})})
+        index.add(moved)
+        live[p.uid] = moved
+    for _ in range(30):
+        selector = LabelSelector.model_validate(clustergen.selector(rng, clustergen.LABELS))
+        for ns in clustergen.NAMESPACES:
+            expected = {
+                p.uid
+                for p in live.values()
+                if (p.metadata.namespace or "default") == ns
+                and not p.spec.host_network
+                and matches(selector, p.metadata.labels)
+            }
+            assert index.select(ns, selector) == expected
+
+
 def _claimant(
     name: str, phase: str = "Running", *, created: str | None = None, deleting: bool = False
 ) -> Pod:

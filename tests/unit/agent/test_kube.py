@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import kopf
+
+from controller.agent.apiclient import ApiClient, Credentials
 from controller.agent.kube import ipvs_evidence, ipvs_notice
 
 
 def test_the_ipvs_device_is_evidence_without_asking_the_api(tmp_path: Path) -> None:
     device = tmp_path / "kube-ipvs0"
     device.mkdir()
-    # api=None: asking the API would fail, so the device alone must answer.
-    assert ipvs_evidence(None, device=device) == (
+    # Nothing listens on port 1: asking the API would fail, so the device alone must answer.
+    nowhere = ApiClient(Credentials(kopf.ConnectionInfo(server="http://127.0.0.1:1")), timeout=1)
+    assert ipvs_evidence(nowhere, device=device) == (
         "the kube-ipvs0 device exists on this node (kube-proxy creates it in IPVS mode)"
     )
 

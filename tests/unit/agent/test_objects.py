@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -115,3 +116,21 @@ def test_a_copy_of_a_compact_pod_changes_no_other_pod() -> None:
     assert changed.pod_ip == "10.0.0.9" and "pod_ip" in changed.model_fields_set
     assert b.status.model_fields_set == fields_before
     assert b.status.pod_ip is None and a.status.pod_ip is None
+
+
+def test_namespaces_labels_and_phases_of_separately_parsed_pods_are_one_string_each() -> None:
+    # Each body from its own JSON text, as two API responses would bring them: equal strings,
+    # distinct objects, until parsed.
+    a, b = (_pod(json.loads(json.dumps(pod_body(n, labels={"app": "web", "tier": "front"})))) for n in "ab")
+    assert a.metadata.namespace is b.metadata.namespace
+    assert a.status.phase is b.status.phase
+    for (ka, va), (kb, vb) in zip(a.metadata.labels.items(), b.metadata.labels.items(), strict=True):
+        assert ka is kb and va is vb
+    assert a.metadata.labels == {"app": "web", "tier": "front"}
+
+
+def test_labels_that_are_not_strings_are_still_refused() -> None:
+    body = pod_body("a")
+    body["metadata"]["labels"] = {"app": 7}
+    with pytest.raises(UnreadableObject, match="labels"):
+        parse("Pod", body)

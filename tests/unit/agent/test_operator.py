@@ -4,12 +4,12 @@ objects the model cannot read (kopf itself is exercised by tests/cluster/test_ag
 from __future__ import annotations
 
 import asyncio
-import json
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from controller.agent.apiclient import ApiClient
 from controller.agent.loop import Agent
 from controller.agent.operator import COLLECTIONS, RESOURCES, handle_event, initial_listing
 from tests.unit.agent.bodies import namespace_body, node_body, pod_body, policy_body
@@ -19,23 +19,21 @@ LISTED = [node_body("n1"), namespace_body("default"), pod_body("a"), policy_body
 
 
 class ListingApi:
-    """What kube.list_pages reads, served from bodies: a fake of the API client's two calls."""
+    """What kube.list_pages reads, served from bodies: a fake of the agent's API client (a real
+    one is exercised against a real API server by tests/cluster/test_agent.py)."""
 
     def __init__(self, bodies: list[dict[str, Any]], *, failures: int = 0) -> None:
         self.bodies = bodies
         self.failures = failures
 
-    def param_serialize(
-        self, method: str, path: str, **_: Any
-    ) -> tuple[str, str, dict[str, str], None, None]:
-        return method, path, {}, None, None
+    def connect(self) -> Any:
+        return SimpleNamespace(close=lambda: None)
 
-    def call_api(self, method: str, url: str, **_: Any) -> Any:
+    def request(self, method: str, path: str, **_: Any) -> Any:
         if self.failures:
             self.failures -= 1
             raise ConnectionError("the API server is not answering")
-        items = [b for b in self.bodies if COLLECTIONS[b["kind"]] == url]
-        return SimpleNamespace(read=lambda: None, status=200, reason="OK", data=json.dumps({"items": items}))
+        return {"items": [b for b in self.bodies if COLLECTIONS[b["kind"]] == path]}
 
 
 def seeded(
@@ -43,7 +41,7 @@ def seeded(
 ) -> Agent:
     async def scenario() -> Agent:
         agent = Agent(node="n1", applier=RecordingApplier(), events=events)
-        await initial_listing(agent, ListingApi(bodies, failures=failures))
+        await initial_listing(agent, cast(ApiClient, ListingApi(bodies, failures=failures)))
         await asyncio.sleep(0.05)  # posting runs in a thread
         return agent
 
@@ -85,7 +83,7 @@ def test_an_unreadable_object_is_absent_and_an_event_says_why() -> None:
 
     async def scenario() -> Agent:
         agent = Agent(node="n1", applier=RecordingApplier(), events=events)
-        await initial_listing(agent, ListingApi(LISTED))
+        await initial_listing(agent, cast(ApiClient, ListingApi(LISTED)))
         handle_event(agent, "NetworkPolicy", event_type="ADDED", body=bad, uid="uid-np-default-future")
         await asyncio.sleep(0.05)  # posting runs in a thread
         return agent
