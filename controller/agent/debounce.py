@@ -5,6 +5,16 @@ oldest change waited ``max_delay`` (a steady stream of changes still reaches the
 window is milliseconds: long enough that a ``kubectl apply`` of many objects, or a Deployment
 scaling up, becomes one apply; short enough to stay inside the programming-latency budget.
 
+Two kinds of change do not wait for the window (the leading edge):
+
+- a change that ends a quiet period (nothing pending, and nothing arrived for at least a window
+  while the agent waited): a lone change, the common case, then costs no debounce at all. A burst
+  that starts this way becomes two batches, its first change and the rest, which arrive while
+  the first is compiled and applied, and are coalesced as before;
+- a CNI report (:class:`~controller.agent.store.CniChange`): a pod's sandbox waits for it
+  (ADD blocks until the pod is programmed), so the batch holding it is due at once; reports that
+  arrive while a batch is being compiled and applied are coalesced into the next one.
+
 Pod, policy and namespace changes are merged per UID (the compiler replaces its record of an
 object by UID, so only the last state matters, and the first ``old`` names it); a node change
 makes the batch a full compile.
@@ -58,6 +68,7 @@ class Pending:
     rebuild: bool = False
     arrivals: list[float] = field(default_factory=list)
     sources: frozenset[PodSource] | None = None
+    urgent: bool = False  # a CNI report waits: due at once
 
     def add(self, change: Change, *, arrived: float) -> None:
         self.arrivals.append(arrived)
@@ -65,6 +76,7 @@ class Pending:
             self.rebuild = True
         elif isinstance(change, CniChange):
             self.cni[change.uid] = change
+            self.urgent = True
         elif isinstance(change, SourcesChange):
             self.sources = change.sources  # each is a full listing: the last one holds
         elif isinstance(change, PolicyChange):
@@ -100,7 +112,7 @@ class Pending:
             sources=self.sources,
         )
         self.pods, self.cni, self.rebuild, self.arrivals = {}, {}, False, []
-        self.sources = None
+        self.sources, self.urgent = None, False
         self.policies, self.namespaces = {}, {}
         return batch
 
@@ -138,9 +150,14 @@ class Coalescer:
     async def next_batch(self) -> Batch:
         while True:
             if self._pending.empty:
+                idle_from = self._clock()
                 self._wake.clear()
                 await self._wake.wait()
+                if not self._pending.empty and min(self._pending.arrivals) - idle_from >= self.window:
+                    return self._pending.take()  # a change after a quiet period: the leading edge
                 continue
+            if self._pending.urgent:
+                return self._pending.take()
             arrivals = self._pending.arrivals
             wait = due_in(
                 first=min(arrivals),

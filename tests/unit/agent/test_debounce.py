@@ -76,25 +76,78 @@ def test_node_changes_make_a_full_compile(changes: list[Change], rebuild: bool) 
     assert pending.take().rebuild is rebuild
 
 
-def test_a_burst_becomes_one_batch() -> None:
+@pytest.mark.parametrize(
+    ("quiet_before", "sizes"),
+    [(0.0, [100]), (0.08, [1, 99])],
+    ids=["right-after-the-last-batch", "after-a-quiet-period: first-change-at-once"],
+)
+def test_a_burst_becomes_one_batch_after_its_leading_change(quiet_before: float, sizes: list[int]) -> None:
     async def scenario() -> list[int]:
         coalescer = Coalescer(window=0.05, max_delay=1.0)
-        sizes: list[int] = []
+        seen: list[int] = []
 
         async def consume() -> None:
             while True:
-                sizes.append((await coalescer.next_batch()).size)
+                seen.append((await coalescer.next_batch()).size)
 
         consumer = asyncio.create_task(consume())
+        await asyncio.sleep(quiet_before)
         for i in range(100):
             coalescer.add(PodChange(f"p{i}", None, _pod(f"p{i}", "x")))
             if i % 10 == 0:
                 await asyncio.sleep(0)  # the consumer runs in between, as the watches would let it
         await asyncio.sleep(0.2)
         consumer.cancel()
-        return sizes
+        return seen
 
-    assert asyncio.run(scenario()) == [100]
+    assert asyncio.run(scenario()) == sizes
+
+
+def _timed_batches(feed: list[tuple[float, Change]], *, window: float) -> list[tuple[float, int]]:
+    """(seconds after the start, size) of each batch, for changes fed at the given offsets."""
+
+    async def scenario() -> list[tuple[float, int]]:
+        coalescer = Coalescer(window=window, max_delay=1.0)
+        started = time.monotonic()
+        out: list[tuple[float, int]] = []
+
+        async def consume() -> None:
+            while True:
+                batch = await coalescer.next_batch()
+                out.append((time.monotonic() - started, batch.size))
+
+        consumer = asyncio.create_task(consume())
+        for at, change in feed:
+            await asyncio.sleep(max(0.0, started + at - time.monotonic()))
+            coalescer.add(change)
+        await asyncio.sleep(2 * window)
+        consumer.cancel()
+        return out
+
+    return asyncio.run(scenario())
+
+
+def test_a_lone_change_after_a_quiet_period_is_due_at_once() -> None:
+    batches = _timed_batches([(0.25, PodChange("p", None, _pod("p", "x")))], window=0.2)
+    assert [size for _, size in batches] == [1]
+    assert batches[0][0] == pytest.approx(0.25, abs=0.05)  # not 0.25 + the 0.2 s window
+
+
+def test_a_change_before_a_quiet_period_waits_for_the_window() -> None:
+    batches = _timed_batches([(0.1, PodChange("p", None, _pod("p", "x")))], window=0.2)
+    assert [size for _, size in batches] == [1]
+    assert batches[0][0] == pytest.approx(0.3, abs=0.05)
+
+
+def test_a_cni_report_does_not_wait_for_the_window() -> None:
+    # A pod change just arrived (its window runs), then a report: both go at once, in one batch.
+    feed: list[tuple[float, Change]] = [
+        (0.0, PodChange("p", None, _pod("p", "x"))),
+        (0.05, CniChange("q", ("10.0.0.9",))),
+    ]
+    batches = _timed_batches(feed, window=0.3)
+    assert [size for _, size in batches] == [2]
+    assert batches[0][0] == pytest.approx(0.05, abs=0.05)  # not 0.05 + the 0.3 s window
 
 
 def test_a_steady_stream_is_flushed_at_the_max_delay() -> None:
