@@ -19,10 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from compiler.ir import NodePlan
+from compiler.options import CompileOptions
 from controller.agent.loop import Agent
 from controller.agent.operator import Options, Server, run
 from controller.agent.seams import PlanApplier
 from controller.cnisocket import CniServer
+
+# What the agents started here compile with: they run without the overlay (overlay=False below),
+# so their plans leave UDP 4789 alone, as `stockade agent --no-overlay` does.
+AGENT_OPTIONS = CompileOptions(overlay_port=None)
 
 
 @dataclass

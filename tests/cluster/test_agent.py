@@ -29,7 +29,7 @@ from controller.agent.loop import Agent
 from controller.agent.notices import Notice, ObjectRef
 from controller.agent.objects import parse
 from controller.agent.operator import resync
-from tests.cluster.agentrun import RecordingApplier, RunningAgent, running_agent
+from tests.cluster.agentrun import AGENT_OPTIONS, RecordingApplier, RunningAgent, running_agent
 from tests.cluster.apiserver import ControlPlane, control_plane, free_port
 from tests.cluster.lab.kube import MERGE, Kube
 from tests.cluster.lab.pki import Identity
@@ -44,7 +44,7 @@ LISTS = ("/apis/networking.k8s.io/v1/networkpolicies", "/api/v1/pods", "/api/v1/
 
 def oracle(kube: Kube) -> NodePlan:
     sources = [(path, json.dumps(kube.get(path))) for path in LISTS]
-    return build_plan(load_manifests(sources).model, node=NODE)
+    return build_plan(load_manifests(sources).model, node=NODE, options=AGENT_OPTIONS)
 
 
 def create_pod(

@@ -28,7 +28,7 @@ from controller import cniclient
 from controller.applier import Applier
 from controller.cniproto import PodForget, PodReport
 from controller.nft import Nft
-from tests.cluster.agentrun import RunningAgent, running_agent
+from tests.cluster.agentrun import AGENT_OPTIONS, RunningAgent, running_agent
 from tests.cluster.apiserver import ControlPlane, control_plane, free_port
 from tests.cluster.lab.kube import MERGE, Kube
 from tests.kernel.test_render_load import nsexec, scratch_netns
@@ -73,7 +73,7 @@ class Node:
 
 def oracle_kernel(kube: Kube) -> dict[str, Any]:
     sources = [(path, json.dumps(kube.get(path))) for path in LISTS]
-    return kernel_of(build_plan(load_manifests(sources).model, node=NODE))
+    return kernel_of(build_plan(load_manifests(sources).model, node=NODE, options=AGENT_OPTIONS))
 
 
 def wait_kernel(node: Node, kube: Kube, *, since: float, bound: float = BOUND) -> float:
