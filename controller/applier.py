@@ -263,26 +263,43 @@ class Applier:
         if report.drifted:
             log.warning("after a rejected transaction the kernel had drifted; repaired: %s", report.repair)
 
+    # Checks that lose the race with an apply before the next one holds the lock while listing.
+    UNLOCKED_CHECKS = 2
+
     def _check_committed(self) -> DriftReport:
         # Listing and comparing a 10,000-pod table takes a good part of a second on a busy node:
         # done without the lock, so applies go on meanwhile. A plan committed in between makes the
-        # comparison moot (the kernel may show either): the next check looks again.
-        with self._lock:
-            committed, state = self._committed, self._committed_state
-        if committed is None or state is None:
-            return DriftReport(checked=False)
+        # comparison moot (the kernel may show either), so the check looks again at once: on a
+        # node whose plan changes often (every check refreshes the pod sources, which may commit a
+        # plan right then) "the next check" could otherwise be skipped forever. The last attempt
+        # lists under the lock, so a check always ends with a comparison.
+        for attempt in range(self.UNLOCKED_CHECKS + 1):
+            locked = attempt == self.UNLOCKED_CHECKS
+            with self._lock:
+                committed, state = self._committed, self._committed_state
+                if committed is None or state is None:
+                    return DriftReport(checked=False)
+                if locked:
+                    return self._compare(state)
+            found, kernel = self._listed_differences(state)
+            if not found:
+                return DriftReport(checked=True)
+            with self._lock:
+                if self._committed is committed:
+                    return self._repair(kernel, found)
+        raise AssertionError("unreachable: the locked attempt returns")
+
+    def _compare(self, state: TableState) -> DriftReport:
+        """List and compare while holding the lock (the caller holds it)."""
+        found, kernel = self._listed_differences(state)
+        return self._repair(kernel, found) if found else DriftReport(checked=True)
+
+    def _listed_differences(self, state: TableState) -> tuple[tuple[str, ...], KernelTable | None]:
         listing = self._nft.list_table()
         kernel: KernelTable | None = None if listing is None else read_listing(listing)
         if kernel is None:
-            found: tuple[str, ...] = ("table inet stockade: missing",)
-        else:
-            found = tuple(kernel.foreign) + differences(kernel.state, state)
-        if not found:
-            return DriftReport(checked=True)
-        with self._lock:
-            if self._committed is not committed:
-                return DriftReport(checked=True)
-            return self._repair(kernel, found)
+            return ("table inet stockade: missing",), None
+        return tuple(kernel.foreign) + differences(kernel.state, state), kernel
 
     def _repair(self, kernel: KernelTable | None, found: tuple[str, ...]) -> DriftReport:
         assert self._committed is not None and self._committed_state is not None

@@ -9,6 +9,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -141,6 +142,41 @@ def test_drift_after_deleting_a_rule_by_hand_repairs_only_that_chain(
     assert report.repair == "diff"
     assert kernel(node) == want
     assert cli_counters(node)["x/b-from-a ingress[0]"] == 4  # another chain: untouched
+
+
+class CommitsWhileListing(Nft):
+    """libnftables, except that the first ``races`` listings of the table each let another plan
+    be committed while they run, as a pod change on a busy node does during a drift check."""
+
+    def __init__(self, *, races: int) -> None:
+        super().__init__()
+        self.races = races
+        self.applier: Applier | None = None
+        self.plans = [plan(outside_port=8080), plan()]
+
+    def list_table(self) -> Any:
+        listing = super().list_table()
+        if self.races and self.applier is not None:
+            self.races -= 1
+            self.applier.apply(self.plans[self.races % 2])
+        return listing
+
+
+@pytest.mark.parametrize("races", [1, 2, 5], ids=["one-race", "two-races", "every-unlocked-listing"])
+def test_a_check_racing_commits_still_finds_and_repairs_drift(node: str, races: int) -> None:
+    # The plans differ in another chain than `forward`, so no commit repairs the edit by chance.
+    nft = CommitsWhileListing(races=races)
+    applier = Applier(nft=nft)
+    applier.apply(plan())
+    nft.applier = applier
+    doc = json.loads(nsexec(node, "nft", "-a", "-j", "list", "chain", "inet", "stockade", "forward").stdout)
+    handle = next(o["rule"]["handle"] for o in doc["nftables"] if "rule" in o)
+    nsexec(node, "nft", "delete", "rule", "inet", "stockade", "forward", "handle", str(handle))
+    report = applier.check()
+    assert report.drifted and report.differences[0].startswith("chain forward: rules differ")
+    assert applier.committed is not None
+    assert kernel(node) == kernel_of(applier.committed)
+    assert not applier.check().drifted
 
 
 def test_a_deleted_table_is_rebuilt_whole(node: str) -> None:
