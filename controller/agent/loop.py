@@ -26,6 +26,7 @@ from compiler.ir import NodePlan
 from compiler.options import DEFAULT_OPTIONS, CompileOptions
 from controller.agent.debounce import Batch, Coalescer
 from controller.agent.engine import Compiled, Engine
+from controller.agent.heap import Heap
 from controller.agent.metrics import AgentMetrics
 from controller.agent.notices import Notice, Noticeboard
 from controller.agent.objects import Kind, Model
@@ -83,6 +84,8 @@ class Agent:
         self._review_next: Snapshot | None = None
         self._review_due = 0.0
         self._reviewer: asyncio.Task[None] | None = None
+        self.heap = Heap()
+        self._last_step = time.monotonic()  # when the last batch was done (the heap's idle time)
 
     # --- readiness -------------------------------------------------------------------------------
 
@@ -238,6 +241,9 @@ class Agent:
         for holds, future in self._waiters:
             if not future.done() and holds(compiled.plan):
                 future.set_result(None)
+        if not self.heap.settled:
+            self.heap.settle()  # after the waiters: the start's one long pause delays no pod
+        self._last_step = time.monotonic()
         if compiled.review:
             self._review(snapshot)
 
@@ -280,6 +286,8 @@ class Agent:
             except Exception:
                 log.exception("drift check of node %s failed; applying the plan again", self.node)
                 self.coalescer.touch()
+            if not self.coalescer.pending:
+                self.heap.maybe_collect(idle_for=time.monotonic() - self._last_step)
 
     def _review(self, snapshot: Snapshot) -> None:
         """Find the notices of ``snapshot`` (a policy or namespace changed) once such changes have
