@@ -10,6 +10,8 @@ fixed by the policy).
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 from collections.abc import Iterable, Mapping
 
 from compiler import naming
@@ -109,7 +111,13 @@ class ChainStore:
         elements -= left
         elements |= added
         if left or added:
-            self._plan_sets.pop(name, None)
+            cached = self._plan_sets.pop(name, None)
+            if cached is not None:
+                # A pod's address joining or leaving a peer set of thousands: edited into the
+                # sorted view in place of re-sorting all of it (most of a new pod's snapshot).
+                edited = _edited(cached, left=left, added=added)
+                if edited is not None:
+                    self._plan_sets[name] = edited
         return left, added
 
     # --- the plan's view -------------------------------------------------------------------------------
@@ -127,6 +135,39 @@ class ChainStore:
 
 def sorted_addrs(elements: Iterable[Element]) -> tuple[str, ...]:
     return tuple(sorted((e for e in elements if isinstance(e, str)), key=addr_key))
+
+
+def _port_key(e: AddrPortElement) -> tuple[tuple[int, int], str, int]:
+    return addr_key(e.address), e.protocol, e.port
+
+
+def _edited(cached: PlanSet, *, left: set[Element], added: set[Element]) -> PlanSet | None:
+    """``cached`` with ``left`` taken out and ``added`` put in at their sorted places (the order
+    :func:`_plan_set` gives); None for a kind of set that is rebuilt instead."""
+    if isinstance(cached, AddrSet):
+        addrs = list(cached.elements)
+        for e in left:
+            if isinstance(e, str):
+                i = bisect.bisect_left(addrs, addr_key(e), key=addr_key)
+                if i < len(addrs) and addrs[i] == e:
+                    del addrs[i]
+        for e in added:
+            if isinstance(e, str):
+                bisect.insort(addrs, e, key=addr_key)
+        return dataclasses.replace(cached, elements=tuple(addrs))
+    if isinstance(cached, AddrPortSet):
+        tuples = list(cached.elements)
+        for e in left:
+            if isinstance(e, tuple):
+                gone = AddrPortElement(*e)
+                i = bisect.bisect_left(tuples, _port_key(gone), key=_port_key)
+                if i < len(tuples) and tuples[i] == gone:
+                    del tuples[i]
+        for e in added:
+            if isinstance(e, tuple):
+                bisect.insort(tuples, AddrPortElement(*e), key=_port_key)
+        return dataclasses.replace(cached, elements=tuple(tuples))
+    return None
 
 
 def _plan_set(spec: SetSpec, elements: set[Element]) -> PlanSet:
