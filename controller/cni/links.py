@@ -36,7 +36,8 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from controller.cni.errors import INTERFACE_CONFLICT, LINK_FAILURE, UNKNOWN_CONTAINER, CniError
 from controller.cni.ipam import Address
-from controller.cni.rtnl import Rtnl, setns
+from controller.cni.netns import netns_fd, setns
+from controller.cni.rtnl import Rtnl
 
 GATEWAY4 = "169.254.1.1"
 GATEWAY6 = "fe80::1"
@@ -71,36 +72,6 @@ def default_mtu(ipr: Rtnl) -> int:
             if link is not None:
                 return int(link.get_attr("IFLA_MTU")) - overhead
     return FALLBACK_UPLINK_MTU - OVERHEAD_V6
-
-
-@contextlib.contextmanager
-def netns_fd(path: str) -> Iterator[int]:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError as exc:
-        raise CniError(UNKNOWN_CONTAINER, f"CNI_NETNS {path} does not exist (the sandbox is gone?)") from exc
-    except OSError as exc:
-        raise CniError(UNKNOWN_CONTAINER, f"CNI_NETNS {path} cannot be opened", str(exc)) from exc
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def verify_netns(path: str) -> None:
-    """Raise unless ``path`` is a network namespace we can enter (checked before allocating)."""
-    with netns_fd(path) as fd:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            try:
-                setns(fd)
-            except OSError as exc:
-                raise CniError(
-                    UNKNOWN_CONTAINER, f"CNI_NETNS {path} is not a network namespace", str(exc)
-                ) from exc
-            setns(home)
-        finally:
-            os.close(home)
 
 
 @contextlib.contextmanager

@@ -44,8 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         return install(args[1:])
     data = sys.stdin.buffer.read()
     version = config.version_of(data)
-    if os.environ.get("CNI_COMMAND") in ("ADD", "DEL", "CHECK", "GC"):
+    command = os.environ.get("CNI_COMMAND")
+    if command in ("ADD", "DEL", "CHECK", "GC"):
         _light_pyroute2()
+        if command != "ADD":
+            _load_netlink()  # ADD loads it only once the pod is reported to the agent
     try:
         output = run(dict(os.environ), data)
     except CniError as exc:
@@ -81,12 +84,19 @@ def _light_pyroute2() -> None:
     package.__spec__ = spec
     package.__file__ = spec.origin
     sys.modules["pyroute2"] = package
+
+
+def _load_netlink() -> None:
+    """Import the plugin's netlink module (:mod:`controller.cni.rtnl`), through the light package
+    when :func:`_light_pyroute2` put it in place; if pyroute2's layout ever changes so that it
+    does not load that way, the normal import is used."""
     try:
-        import controller.cni.rtnl  # noqa: PLC0415, F401 - probe the layout: all the plugin imports
+        import controller.cni.rtnl  # noqa: PLC0415 - all the plugin imports of pyroute2
     except ImportError:
         for name in [m for m in sys.modules if m == "pyroute2" or m.startswith("pyroute2.")]:
             del sys.modules[name]
         sys.modules.pop("controller.cni.rtnl", None)
+        import controller.cni.rtnl  # noqa: PLC0415, F401
 
 
 def run(environ: Mapping[str, str], data: bytes) -> dict[str, Any] | None:
@@ -115,45 +125,51 @@ def _ipam(conf: NetConf) -> Ipam:
 
 def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
     from compiler.ifnames import pod_interface  # noqa: PLC0415 - import-free module
-    from controller.cni import links, result  # noqa: PLC0415
-    from controller.cni.rtnl import Rtnl  # noqa: PLC0415
+    from controller.cni.netns import verify_netns  # noqa: PLC0415 - without pyroute2
 
     owner = Attachment(container_id=env.container_id, ifname=env.ifname)
     host_ifname = pod_interface(env.container_id, env.ifname)
-    links.verify_netns(env.netns)  # a missing sandbox fails here, before anything is allocated
+    verify_netns(env.netns)  # a missing sandbox fails here, before anything is allocated
     ipam = _ipam(conf)
     with ipam.locked():
         reused = bool(ipam.owned_by(owner))
         allocations = ipam.allocate(owner)
     addresses = [a.address for a in allocations]
     pending: Pending | None = None
-    with Rtnl() as ipr:
-        try:
-            # The report goes first: the agent programs the pod (it needs only the addresses)
-            # while the links are made here; ADD returns only once both are done.
-            pending = _report(env, conf, [str(a) for a in addresses])
-            links.remove_host_link(ipr, host_ifname)  # left by a crash mid-ADD of this attachment
-            mtu = conf.mtu or links.default_mtu(ipr)
-            link = links.create(
-                ipr,
-                host_ifname=host_ifname,
-                pod_ifname=env.ifname,
-                netns_path=env.netns,
-                addresses=addresses,
-                mtu=mtu,
-            )
-            if pending is not None:
-                _await_agent(pending, env)
-        except BaseException:
-            links.remove_host_link(ipr, host_ifname)
-            if pending is not None:  # it may have recorded the addresses, programmed or refused
-                pending.close()
-                _forget(conf, env.container_id, env)
-            with ipam.locked():
-                # Addresses this ADD took were never used: free at once. Ones held before (an
-                # earlier, crashed ADD) may have carried traffic: quarantined.
-                ipam.release(owner, quarantine=reused)
-            raise
+    try:
+        # The report goes first: the agent programs the pod (it needs only the addresses) while
+        # pyroute2 is imported and the links are made here; ADD returns once both are done.
+        pending = _report(env, conf, [str(a) for a in addresses])
+        _load_netlink()
+        from controller.cni import links, result  # noqa: PLC0415
+        from controller.cni.rtnl import Rtnl  # noqa: PLC0415
+
+        with Rtnl() as ipr:
+            try:
+                links.remove_host_link(ipr, host_ifname)  # left by a crash mid-ADD of this attachment
+                mtu = conf.mtu or links.default_mtu(ipr)
+                link = links.create(
+                    ipr,
+                    host_ifname=host_ifname,
+                    pod_ifname=env.ifname,
+                    netns_path=env.netns,
+                    addresses=addresses,
+                    mtu=mtu,
+                )
+                if pending is not None:
+                    _await_agent(pending, env)
+            except BaseException:
+                links.remove_host_link(ipr, host_ifname)
+                raise
+    except BaseException:
+        if pending is not None:  # it may have recorded the addresses, programmed or refused
+            pending.close()
+            _forget(conf, env.container_id, env)
+        with ipam.locked():
+            # Addresses this ADD took were never used: free at once. Ones held before (an
+            # earlier, crashed ADD) may have carried traffic: quarantined.
+            ipam.release(owner, quarantine=reused)
+        raise
     return result.build(conf.cni_version, link=link, allocations=allocations, mtu=mtu, prev=conf.prev_result)
 
 

@@ -9,14 +9,13 @@ message and one acknowledgement, so it builds them with pyroute2's message class
 and does the socket work itself. Errors are pyroute2's :class:`NetlinkError` with the kernel's
 errno, as ``IPRoute`` raises them.
 
-Entering a namespace uses ``setns(2)`` (``os.setns`` from Python 3.12, libc through ctypes
-before), not ``pyroute2.netns``, whose import pulls in multiprocessing helpers.
+Entering a namespace is :mod:`controller.cni.netns` (``setns(2)``), not ``pyroute2.netns``,
+whose import pulls in multiprocessing helpers.
 """
 
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import struct
 from collections.abc import Iterator
@@ -49,7 +48,6 @@ from pyroute2.netlink.rtnl.ndmsg import ndmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 NETLINK_ROUTE = 0
-CLONE_NEWNET = 0x40000000
 IFF_UP = 0x1
 RT_TABLE_MAIN = 254
 RTPROT_BOOT = 3  # what `ip route add` and IPRoute use for routes a tool (not a daemon) made
@@ -62,20 +60,6 @@ Msg = Any  # a decoded pyroute2 message (a dict subclass with get_attr)
 
 ADD = NLM_F_CREATE | NLM_F_EXCL
 REPLACE = NLM_F_CREATE | NLM_F_REPLACE
-
-
-def setns(fd: int) -> None:
-    """Move this thread into the network namespace ``fd``; OSError if that is not possible."""
-    native = getattr(os, "setns", None)
-    if native is not None:
-        native(fd, CLONE_NEWNET)
-        return
-    import ctypes  # noqa: PLC0415 - only on Python < 3.12, and only when a namespace is entered
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
 
 
 class Rtnl:

@@ -1,6 +1,6 @@
 """The plugin's start-up stays light: VERSION (and every error before a command runs) loads
 neither pyroute2 nor the compiler's models, kopf or kubernetes; ADD's pyroute2 import skips the
-package's eager ``__init__``."""
+package's eager ``__init__``, and ADD's comes after the report to the agent."""
 
 from __future__ import annotations
 
@@ -37,28 +37,35 @@ def test_version_imports_nothing_heavy() -> None:
     assert not [m for m in modules if m.startswith(HEAVY)]
 
 
-def test_bad_input_fails_before_heavy_imports() -> None:
-    out, probe = _run(
-        "{", {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0"}
-    )
+EXTRAS = (
+    "pyroute2.ndb",
+    "pyroute2.conntrack",
+    "pyroute2.iproute",
+    "pyroute2.netns",
+    "asyncio",
+    "pydantic",
+    "kopf",
+)
+BAD_CALL = {"CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "eth0"}
+
+
+def test_bad_add_input_fails_before_any_pyroute2_import() -> None:
+    # ADD imports pyroute2 only after it reported the pod to the agent (the import overlaps with
+    # the agent programming the pod); input it cannot parse never gets that far.
+    out, probe = _run("{", {"CNI_COMMAND": "ADD", **BAD_CALL})
     assert out["code"] == 6 and probe["code"] == 1
     modules = probe["modules"]
     assert isinstance(modules, list)
-    # The light pyroute2 package (RTNL messages only) may be loaded for ADD; never its eager
-    # extras, nor IPRoute's asyncio core or pyroute2.netns (controller.cni.rtnl replaces them).
+    # ("pyroute2" itself may be there: the light package, an empty module made in place.)
+    assert not [m for m in modules if m.startswith(("pyroute2.", "controller.cni.rtnl", *EXTRAS))]
+
+
+def test_del_loads_only_the_light_netlink_modules() -> None:
+    out, probe = _run("{", {"CNI_COMMAND": "DEL", **BAD_CALL})
+    assert out["code"] == 6 and probe["code"] == 1
+    modules = probe["modules"]
+    assert isinstance(modules, list)
+    # The light pyroute2 package (RTNL messages only); never its eager extras, nor IPRoute's
+    # asyncio core or pyroute2.netns (controller.cni.rtnl replaces them).
     assert "controller.cni.rtnl" in modules
-    assert not [
-        m
-        for m in modules
-        if m.startswith(
-            (
-                "pyroute2.ndb",
-                "pyroute2.conntrack",
-                "pyroute2.iproute",
-                "pyroute2.netns",
-                "asyncio",
-                "pydantic",
-                "kopf",
-            )
-        )
-    ]
+    assert not [m for m in modules if m.startswith(EXTRAS)]
