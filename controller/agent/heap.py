@@ -77,3 +77,8 @@ class Heap:
             "full collection (%s): %d unreachable objects, %d frozen, %.0f ms",
             why, found, gc.get_freeze_count(), (self._collected_at - started) * 1000,
         )  # fmt: skip
+
+
+# One per process: the collector is the process's, however many agents run in it (tests run
+# several); the first agent's first plan settles it.
+PROCESS_HEAP = Heap()

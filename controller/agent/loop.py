@@ -26,7 +26,7 @@ from compiler.ir import NodePlan
 from compiler.options import DEFAULT_OPTIONS, CompileOptions
 from controller.agent.debounce import Batch, Coalescer
 from controller.agent.engine import Compiled, Engine
-from controller.agent.heap import Heap
+from controller.agent.heap import PROCESS_HEAP, Heap
 from controller.agent.metrics import AgentMetrics
 from controller.agent.notices import Notice, Noticeboard
 from controller.agent.objects import Kind, Model
@@ -84,8 +84,9 @@ class Agent:
         self._review_next: Snapshot | None = None
         self._review_due = 0.0
         self._reviewer: asyncio.Task[None] | None = None
-        self.heap = Heap()
+        self.heap: Heap = PROCESS_HEAP  # the heap is the process's, however many agents run in it
         self._last_step = time.monotonic()  # when the last batch was done (the heap's idle time)
+        self._stepping = False  # a batch is being compiled or applied
 
     # --- readiness -------------------------------------------------------------------------------
 
@@ -223,6 +224,14 @@ class Agent:
             self._worker.shutdown(wait=False, cancel_futures=True)
 
     async def step(self, batch: Batch) -> None:
+        self._stepping = True
+        try:
+            await self._step(batch)
+        finally:
+            self._stepping = False
+            self._last_step = time.monotonic()
+
+    async def _step(self, batch: Batch) -> None:
         snapshot = self.store.snapshot()
         started = time.monotonic()
         compiled: Compiled = await self._in_worker(self.engine.compile, batch, snapshot)
@@ -242,8 +251,9 @@ class Agent:
             if not future.done() and holds(compiled.plan):
                 future.set_result(None)
         if not self.heap.settled:
-            self.heap.settle()  # after the waiters: the start's one long pause delays no pod
-        self._last_step = time.monotonic()
+            # Once the loop has run what the waiters' results scheduled (the CNI answers): the
+            # start's one long pause then delays no pod.
+            asyncio.get_running_loop().call_soon(self.heap.settle)
         if compiled.review:
             self._review(snapshot)
 
@@ -286,7 +296,7 @@ class Agent:
             except Exception:
                 log.exception("drift check of node %s failed; applying the plan again", self.node)
                 self.coalescer.touch()
-            if not self.coalescer.pending:
+            if not (self._stepping or self.coalescer.pending):
                 self.heap.maybe_collect(idle_for=time.monotonic() - self._last_step)
 
     def _review(self, snapshot: Snapshot) -> None:

@@ -43,7 +43,9 @@ class Clock:
 @pytest.fixture(autouse=True)
 def unfrozen() -> Iterator[None]:
     gc.unfreeze()  # an agent of another test may have settled in this process
+    gc.disable()  # only the heap's own collections: an automatic one could free the cycles here
     yield
+    gc.enable()
     gc.unfreeze()  # the permanent generation is the process's: leave none behind for other tests
     gc.collect()
 

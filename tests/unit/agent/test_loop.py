@@ -318,6 +318,73 @@ def test_the_drift_check_runs_periodically() -> None:
     run_agent(scenario)
 
 
+class RecordingHeap:
+    """The heap seam as the agent uses it, recording what the agent had done when it was called."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+        self.settled = False
+        self.answered_at_settle: bool | None = None
+        self.answered = False
+        self.collections_asked: list[bool] = []  # per call: was a batch in progress?
+
+    def settle(self) -> None:
+        self.answered_at_settle = self.answered
+        self.settled = True
+
+    def maybe_collect(self, *, idle_for: float) -> bool:
+        self.collections_asked.append(self.agent._stepping)
+        return False
+
+
+def test_the_heap_settles_after_the_first_plan_has_answered_its_pods() -> None:
+    # The start's full collection is one long pause: a CNI ADD waiting for the first plan must
+    # have its answer before it, not after.
+    report = PodReport("uid-default-early", "default", "early", "c0ffee", ("10.244.1.9",))
+    heaps: list[RecordingHeap] = []
+
+    async def scenario(h: Harness) -> None:
+        heap = RecordingHeap(h.agent)
+        heaps.append(heap)
+        h.agent.heap = heap  # type: ignore[assignment]
+        await h.agent.program_pod(report)
+        heap.answered = True
+        for _ in range(50):
+            if heap.settled:
+                break
+            await asyncio.sleep(0.01)
+
+    run_agent(scenario, seed=[node_body(NODE), namespace_body("default"), pod_body("early")])
+    (heap,) = heaps
+    assert heap.settled and heap.answered_at_settle is True
+
+
+class SlowApplier(RecordingApplier):
+    def apply(self, plan: NodePlan) -> ApplyResult:
+        time.sleep(0.3)  # in the agent's worker thread: a long transaction
+        return super().apply(plan)
+
+
+def test_no_full_collection_is_asked_for_while_a_batch_is_being_applied() -> None:
+    heaps: list[RecordingHeap] = []
+
+    async def scenario(h: Harness) -> None:
+        heap = RecordingHeap(h.agent)
+        heap.settled = True
+        heaps.append(heap)
+        h.agent.heap = heap  # type: ignore[assignment]
+        while not h.applier.plans:  # the first plan (a slow one)
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.1)
+        h.put(pod_body("late", ips=("10.244.1.10",)))  # one change, nothing queued behind it
+        await asyncio.sleep(0.6)
+
+    run_agent(scenario, applier=SlowApplier())
+    (heap,) = heaps
+    # The check loop (every 0.05 s) ran throughout: it asked while idle, never mid-batch.
+    assert heap.collections_asked and not any(heap.collections_asked)
+
+
 def test_a_defective_policy_is_posted_once() -> None:
     events = RecordingEvents()
     bad = {"podSelector": {}, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]}
