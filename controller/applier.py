@@ -91,6 +91,14 @@ class ApplyResult:
     retry_in: float | None = None
 
 
+def _differences(listing: Json | None, state: TableState) -> tuple[tuple[str, ...], KernelTable | None]:
+    """What differs between a listing of the table (None: no table) and the plan's state."""
+    kernel: KernelTable | None = None if listing is None else read_listing(listing)
+    if kernel is None:
+        return ("table inet stockade: missing",), None
+    return tuple(kernel.foreign) + differences(kernel.state, state), kernel
+
+
 @dataclass(frozen=True)
 class DriftReport:
     """``checked`` is False when no plan was committed yet (nothing to compare with).
@@ -263,7 +271,7 @@ class Applier:
         if report.drifted:
             log.warning("after a rejected transaction the kernel had drifted; repaired: %s", report.repair)
 
-    # Checks that lose the race with an apply before the next one holds the lock while listing.
+    # Checks that lose the race with an apply before the last one, which lists under the lock.
     UNLOCKED_CHECKS = 2
 
     def _check_committed(self) -> DriftReport:
@@ -271,35 +279,25 @@ class Applier:
         # done without the lock, so applies go on meanwhile. A plan committed in between makes the
         # comparison moot (the kernel may show either), so the check looks again at once: on a
         # node whose plan changes often (every check refreshes the pod sources, which may commit a
-        # plan right then) "the next check" could otherwise be skipped forever. The last attempt
-        # lists under the lock, so a check always ends with a comparison.
+        # plan right then) "the next check" could otherwise be skipped again and again. The last
+        # attempt lists while holding the lock (no commit can come between its plan and its
+        # listing); parsing and comparing go on without it.
         for attempt in range(self.UNLOCKED_CHECKS + 1):
-            locked = attempt == self.UNLOCKED_CHECKS
+            last = attempt == self.UNLOCKED_CHECKS
             with self._lock:
                 committed, state = self._committed, self._committed_state
                 if committed is None or state is None:
                     return DriftReport(checked=False)
-                if locked:
-                    return self._compare(state)
-            found, kernel = self._listed_differences(state)
+                listing = self._nft.list_table() if last else None
+            if not last:
+                listing = self._nft.list_table()
+            found, kernel = _differences(listing, state)
             if not found:
                 return DriftReport(checked=True)
             with self._lock:
                 if self._committed is committed:
                     return self._repair(kernel, found)
-        raise AssertionError("unreachable: the locked attempt returns")
-
-    def _compare(self, state: TableState) -> DriftReport:
-        """List and compare while holding the lock (the caller holds it)."""
-        found, kernel = self._listed_differences(state)
-        return self._repair(kernel, found) if found else DriftReport(checked=True)
-
-    def _listed_differences(self, state: TableState) -> tuple[tuple[str, ...], KernelTable | None]:
-        listing = self._nft.list_table()
-        kernel: KernelTable | None = None if listing is None else read_listing(listing)
-        if kernel is None:
-            return ("table inet stockade: missing",), None
-        return tuple(kernel.foreign) + differences(kernel.state, state), kernel
+        return DriftReport(checked=True)  # three plans committed during three checks: the next one
 
     def _repair(self, kernel: KernelTable | None, found: tuple[str, ...]) -> DriftReport:
         assert self._committed is not None and self._committed_state is not None

@@ -145,8 +145,9 @@ def test_drift_after_deleting_a_rule_by_hand_repairs_only_that_chain(
 
 
 class CommitsWhileListing(Nft):
-    """libnftables, except that the first ``races`` listings of the table each let another plan
-    be committed while they run, as a pod change on a busy node does during a drift check."""
+    """libnftables, except that the first ``races`` listings of the table made without the
+    applier's lock each let another plan be committed while they run, as a pod change on a busy
+    node does during a drift check (a listing under the lock cannot meet a commit)."""
 
     def __init__(self, *, races: int) -> None:
         super().__init__()
@@ -156,13 +157,13 @@ class CommitsWhileListing(Nft):
 
     def list_table(self) -> Any:
         listing = super().list_table()
-        if self.races and self.applier is not None:
+        if self.races and self.applier is not None and not self.applier._lock._is_owned():  # type: ignore[attr-defined]
             self.races -= 1
             self.applier.apply(self.plans[self.races % 2])
         return listing
 
 
-@pytest.mark.parametrize("races", [1, 2, 5], ids=["one-race", "two-races", "every-unlocked-listing"])
+@pytest.mark.parametrize("races", [1, 2], ids=["one-race", "every-unlocked-listing"])
 def test_a_check_racing_commits_still_finds_and_repairs_drift(node: str, races: int) -> None:
     # The plans differ in another chain than `forward`, so no commit repairs the edit by chance.
     nft = CommitsWhileListing(races=races)
@@ -173,6 +174,7 @@ def test_a_check_racing_commits_still_finds_and_repairs_drift(node: str, races: 
     handle = next(o["rule"]["handle"] for o in doc["nftables"] if "rule" in o)
     nsexec(node, "nft", "delete", "rule", "inet", "stockade", "forward", "handle", str(handle))
     report = applier.check()
+    assert nft.races == 0  # every race happened, inside this check
     assert report.drifted and report.differences[0].startswith("chain forward: rules differ")
     assert applier.committed is not None
     assert kernel(node) == kernel_of(applier.committed)
