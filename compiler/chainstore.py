@@ -143,7 +143,11 @@ def _port_key(e: AddrPortElement) -> tuple[tuple[int, int], str, int]:
 
 def _edited(cached: PlanSet, *, left: set[Element], added: set[Element]) -> PlanSet | None:
     """``cached`` with ``left`` taken out and ``added`` put in at their sorted places (the order
-    :func:`_plan_set` gives); None for a kind of set that is rebuilt instead."""
+    :func:`_plan_set` gives); None for a kind of set that is rebuilt instead, and for a change
+    of more than an eighth of the set (a namespace relabel moving thousands of pods), where each
+    edit moving the tail costs more than one sort."""
+    if len(left) + len(added) > max(16, len(cached.elements) // 8):
+        return None
     if isinstance(cached, AddrSet):
         addrs = list(cached.elements)
         for e in left:
