@@ -162,13 +162,15 @@ def cmd_add(env: CniEnv, conf: NetConf) -> dict[str, Any]:
                 links.remove_host_link(ipr, host_ifname)
                 raise
     except BaseException:
-        if pending is not None:  # it may have recorded the addresses, programmed or refused
-            pending.close()
-            _forget(conf, env.container_id, env)
-        with ipam.locked():
-            # Addresses this ADD took were never used: free at once. Ones held before (an
-            # earlier, crashed ADD) may have carried traffic: quarantined.
-            ipam.release(owner, quarantine=reused)
+        try:
+            if pending is not None:  # it may have recorded the addresses, programmed or refused
+                pending.close()
+                _forget(conf, env.container_id, env)
+        finally:
+            with ipam.locked():
+                # Addresses this ADD took were never used: free at once. Ones held before (an
+                # earlier, crashed ADD) may have carried traffic: quarantined.
+                ipam.release(owner, quarantine=reused)
         raise
     return result.build(conf.cni_version, link=link, allocations=allocations, mtu=mtu, prev=conf.prev_result)
 

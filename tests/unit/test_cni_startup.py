@@ -4,9 +4,11 @@ package's eager ``__init__``, and ADD's comes after the report to the agent."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 HEAVY = ("pyroute2", "pydantic", "compiler.model", "kopf", "kubernetes", "nftables")
 
@@ -69,3 +71,81 @@ def test_del_loads_only_the_light_netlink_modules() -> None:
     # asyncio core or pyroute2.netns (controller.cni.rtnl replaces them).
     assert "controller.cni.rtnl" in modules
     assert not [m for m in modules if m.startswith(EXTRAS)]
+
+
+ADD_PROBE = """
+import io, json, os, sys
+sys.stdin = io.TextIOWrapper(io.BytesIO(sys.argv[1].encode()))
+os.environ.clear(); os.environ.update(json.loads(sys.argv[2]))
+import controller.cni.netns as netns
+netns.verify_netns = lambda path: None  # no sandbox here: the unit tier runs without root
+import controller.cni.plugin as plugin
+seen = {}
+
+def report(env, conf, addresses):
+    loaded = ("pyroute2.", "controller.cni.rtnl")
+    seen["netlink_at_report"] = sorted(m for m in sys.modules if m.startswith(loaded))
+    seen["reported"] = addresses
+    return None
+
+plugin._report = report
+load = plugin._load_netlink
+
+def load_then_break():
+    load()
+    import controller.cni.rtnl as rtnl
+
+    class Broken:
+        def __init__(self):
+            raise OSError(105, "No buffer space available")
+
+    rtnl.Rtnl = Broken  # the netlink socket cannot be opened
+
+plugin._load_netlink = load_then_break
+code = plugin.main([])
+print(json.dumps({"code": code, "seen": seen}), file=sys.stderr)
+"""
+
+
+def test_add_reports_before_loading_netlink_and_frees_its_addresses_when_netlink_fails(
+    tmp_path: Path,
+) -> None:
+    conf = {
+        "cniVersion": "1.1.0",
+        "name": "stk",
+        "type": "stockade-cni",
+        "podCIDRs": ["10.244.1.0/24", "fd00:10:244:1::/64"],
+        "ipamDir": str(tmp_path),
+        "quarantineSeconds": 0,
+    }
+    env = {
+        "CNI_COMMAND": "ADD",
+        "CNI_CONTAINERID": "c1",
+        "CNI_NETNS": "/run/netns/p",
+        "CNI_IFNAME": "eth0",
+        "CNI_PATH": "/opt/cni/bin",
+        "CNI_ARGS": "K8S_POD_NAMESPACE=default;K8S_POD_NAME=p;K8S_POD_UID=u1",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", ADD_PROBE, json.dumps(conf), json.dumps(env)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    probe = json.loads(proc.stderr.strip().splitlines()[-1])
+    out = json.loads(proc.stdout)
+    assert probe["code"] == 1 and "No buffer space available" in out["msg"]
+    # The pod was reported with its addresses before any of pyroute2 was loaded ...
+    assert probe["seen"]["reported"] == ["10.244.1.1", "fd00:10:244:1::1"]
+    assert probe["seen"]["netlink_at_report"] == []
+    # ... and the failure afterwards released them: no allocation file is left.
+    left = [p.name for p in (tmp_path / "stk").iterdir() if _is_address(p.name)]
+    assert left == []
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
