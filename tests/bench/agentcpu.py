@@ -1,7 +1,7 @@
 """The agent's own cost per change, in-process: CPU time and wall time from a watch event (or a
 CNI report) handed to the agent's loop to the plan applied in the kernel. Prints figures.
 
-    sudo .venv/bin/python tests/bench/agentcpu.py [--samples 30] [--profile STAGES]
+    sudo .venv/bin/python tests/bench/agentcpu.py [--samples 30] [--gap 0.05] [--notice-delay 1.0]
 
 No API server and no kopf: the agent's loop (:class:`controller.agent.loop.Agent`, with its real
 :class:`controller.applier.Applier` on libnftables) runs in this process, in a scratch network
