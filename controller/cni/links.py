@@ -34,9 +34,9 @@ from pathlib import Path
 
 from pyroute2.netlink.exceptions import NetlinkError
 
-from controller.cni.errors import INTERFACE_CONFLICT, LINK_FAILURE, UNKNOWN_CONTAINER, CniError
+from controller.cni.errors import INTERFACE_CONFLICT, LINK_FAILURE, CniError
 from controller.cni.ipam import Address
-from controller.cni.netns import netns_fd, setns
+from controller.cni.netns import inside, netns_fd
 from controller.cni.rtnl import Rtnl
 
 GATEWAY4 = "169.254.1.1"
@@ -77,20 +77,8 @@ def default_mtu(ipr: Rtnl) -> int:
 @contextlib.contextmanager
 def ipr_in(fd: int, path: str) -> Iterator[Rtnl]:
     """A netlink socket that lives in the namespace ``fd``."""
-    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        try:
-            setns(fd)
-        except OSError as exc:
-            raise CniError(
-                UNKNOWN_CONTAINER, f"CNI_NETNS {path} is not a network namespace", str(exc)
-            ) from exc
-        try:
-            ipr = Rtnl()
-        finally:
-            setns(home)
-    finally:
-        os.close(home)
+    with inside(fd, path):
+        ipr = Rtnl()
     try:
         yield ipr
     finally:

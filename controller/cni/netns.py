@@ -44,17 +44,27 @@ def netns_fd(path: str) -> Iterator[int]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def inside(fd: int, path: str) -> Iterator[None]:
+    """This thread in the network namespace ``fd`` (opened from ``path``) for the block, and back
+    in its own afterwards; CniError when ``fd`` is not a namespace it can enter."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            setns(fd)
+        except OSError as exc:
+            raise CniError(
+                UNKNOWN_CONTAINER, f"CNI_NETNS {path} is not a network namespace", str(exc)
+            ) from exc
+        try:
+            yield
+        finally:
+            setns(home)
+    finally:
+        os.close(home)
+
+
 def verify_netns(path: str) -> None:
     """Raise unless ``path`` is a network namespace we can enter (checked before allocating)."""
-    with netns_fd(path) as fd:
-        home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            try:
-                setns(fd)
-            except OSError as exc:
-                raise CniError(
-                    UNKNOWN_CONTAINER, f"CNI_NETNS {path} is not a network namespace", str(exc)
-                ) from exc
-            setns(home)
-        finally:
-            os.close(home)
+    with netns_fd(path) as fd, inside(fd, path):
+        pass
