@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from compiler import naming
 from compiler.errors import InternalError
@@ -141,6 +142,20 @@ def _port_key(e: AddrPortElement) -> tuple[tuple[int, int], str, int]:
     return addr_key(e.address), e.protocol, e.port
 
 
+def _spliced(
+    items: tuple[Any, ...], *, gone: list[Any], came: list[Any], key: Callable[[Any], Any]
+) -> tuple[Any, ...]:
+    """Sorted ``items`` (by ``key``) without ``gone`` and with ``came``, each at its place."""
+    out = list(items)
+    for e in gone:
+        i = bisect.bisect_left(out, key(e), key=key)
+        if i < len(out) and out[i] == e:
+            del out[i]
+    for e in came:
+        bisect.insort(out, e, key=key)
+    return tuple(out)
+
+
 def _edited(cached: PlanSet, *, left: set[Element], added: set[Element]) -> PlanSet | None:
     """``cached`` with ``left`` taken out and ``added`` put in at their sorted places (the order
     :func:`_plan_set` gives); None for a kind of set that is rebuilt instead, and for a change
@@ -149,28 +164,21 @@ def _edited(cached: PlanSet, *, left: set[Element], added: set[Element]) -> Plan
     if len(left) + len(added) > max(16, len(cached.elements) // 8):
         return None
     if isinstance(cached, AddrSet):
-        addrs = list(cached.elements)
-        for e in left:
-            if isinstance(e, str):
-                i = bisect.bisect_left(addrs, addr_key(e), key=addr_key)
-                if i < len(addrs) and addrs[i] == e:
-                    del addrs[i]
-        for e in added:
-            if isinstance(e, str):
-                bisect.insort(addrs, e, key=addr_key)
-        return dataclasses.replace(cached, elements=tuple(addrs))
+        addrs = _spliced(
+            cached.elements,
+            gone=[e for e in left if isinstance(e, str)],
+            came=[e for e in added if isinstance(e, str)],
+            key=addr_key,
+        )
+        return dataclasses.replace(cached, elements=addrs)
     if isinstance(cached, AddrPortSet):
-        tuples = list(cached.elements)
-        for e in left:
-            if isinstance(e, tuple):
-                gone = AddrPortElement(*e)
-                i = bisect.bisect_left(tuples, _port_key(gone), key=_port_key)
-                if i < len(tuples) and tuples[i] == gone:
-                    del tuples[i]
-        for e in added:
-            if isinstance(e, tuple):
-                bisect.insort(tuples, AddrPortElement(*e), key=_port_key)
-        return dataclasses.replace(cached, elements=tuple(tuples))
+        tuples = _spliced(
+            cached.elements,
+            gone=[AddrPortElement(*e) for e in left if isinstance(e, tuple)],
+            came=[AddrPortElement(*e) for e in added if isinstance(e, tuple)],
+            key=_port_key,
+        )
+        return dataclasses.replace(cached, elements=tuples)
     return None
 
 
