@@ -74,6 +74,7 @@ class Snapshot:
 class CniLab:
     lab_id: str = field(default_factory=lambda: f"k{os.getpid()}-c{next(_numbers)}")
     pod_cidrs: tuple[str, ...] = (POD_CIDR4, POD_CIDR6)
+    plugin: Path = PLUGIN  # what the runtime executes (the bench also runs an installed launcher)
 
     def __post_init__(self) -> None:
         self.node = f"stk-{self.lab_id}-node"
@@ -96,7 +97,7 @@ class CniLab:
             self._worker.call(self._setup_node)
             self.conf_dir.mkdir()
             self.bin_dir.mkdir()
-            os.symlink(PLUGIN, self.bin_dir / "stockade-cni")
+            os.symlink(self.plugin, self.bin_dir / "stockade-cni")
         except BaseException:
             self.close()
             raise
@@ -219,7 +220,7 @@ class CniLab:
             environ["CNI_ARGS"] = args
         environ.update(env or {})
         proc = subprocess.Popen(
-            ["nsenter", f"--net={self.netns_path(self.node)}", str(PLUGIN)],
+            ["nsenter", f"--net={self.netns_path(self.node)}", str(self.plugin)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
