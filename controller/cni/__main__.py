@@ -2,6 +2,6 @@
 
 import sys
 
-from controller.cni.plugin import main
+from controller.cni.entry import main
 
 sys.exit(main())

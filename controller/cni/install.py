@@ -37,9 +37,9 @@ class InstallError(Exception):
 
 
 def launcher(python: str) -> str:
-    """The executable the runtime calls: this installation's interpreter running the plugin
-    (isolated mode: the runtime's environment cannot redirect imports)."""
-    return f"#!{python} -I\nimport sys\n\nfrom controller.cni.plugin import main\n\nsys.exit(main())\n"
+    """The executable the runtime calls: this installation's interpreter running the plugin's
+    entry (isolated mode: the runtime's environment cannot redirect imports)."""
+    return f"#!{python} -I\nimport sys\n\nfrom controller.cni.entry import main\n\nsys.exit(main())\n"
 
 
 def conflist(

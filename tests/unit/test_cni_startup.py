@@ -149,3 +149,53 @@ def _is_address(name: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+GC_PROBE = """
+import gc, io, json, os, sys
+sys.stdin = io.TextIOWrapper(io.BytesIO(sys.argv[1].encode()))
+os.environ.clear(); os.environ.update(json.loads(sys.argv[2]))
+before = sum(s["collections"] for s in gc.get_stats())
+from controller.cni.{module} import main
+code = main()
+after = sum(s["collections"] for s in gc.get_stats())
+print(json.dumps({{"code": code, "collections": after - before}}), file=sys.stderr)
+"""
+
+
+def _collections(module: str, env: dict[str, str]) -> int:
+    stdin = json.dumps(
+        {"cniVersion": "1.1.0", "name": "n", "type": "stockade-cni", "podCIDRs": ["10.9.0.0/24"]}
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", GC_PROBE.format(module=module), stdin, json.dumps(env)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    probe = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert probe["code"] == 0, proc
+    collections = probe["collections"]
+    assert isinstance(collections, int)
+    return collections
+
+
+def test_the_plugin_process_runs_without_the_cyclic_collector() -> None:
+    # One command (VERSION: the config, protocol and error modules are imported) in a fresh
+    # process: from the plugin's module the collector runs during the imports; from the process's
+    # entry (what the console script, the installed launcher and `python -m` call) it never runs.
+    # Each probe runs twice and the second counts: the first may byte-compile changed sources.
+    env = {"CNI_COMMAND": "VERSION"}
+    through_plugin = [_collections("plugin", env) for _ in range(2)][-1]
+    through_entry = [_collections("entry", env) for _ in range(2)][-1]
+    assert through_plugin > 0
+    assert through_entry == 0
+
+
+def test_importing_the_plugin_leaves_the_importers_collector_alone() -> None:
+    import gc  # noqa: PLC0415
+
+    import controller.cni.entry  # noqa: PLC0415
+    import controller.cni.plugin  # noqa: F401, PLC0415
+
+    assert gc.isenabled()
