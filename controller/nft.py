@@ -6,9 +6,14 @@ list given to :meth:`Nft.run` is one netlink batch, which the kernel applies as 
 all of it or none of it.
 
 A libnftables context is not thread-safe; a lock serializes the calls on it. Listing has a
-context (and lock) of its own: a drift check's listing of a 10,000-pod table takes seconds on a
-busy node, and an apply (a CNI ADD waiting for its pod's entries) must not wait for it; the kernel
-keeps the two apart (a listing sees the ruleset before or after a transaction). A context talks
+context of its own: a drift check's listing of a 10,000-pod table takes seconds on a busy node,
+and an apply (a CNI ADD waiting for its pod's entries) must not wait for it; the kernel keeps the
+two apart (a listing sees the ruleset before or after a transaction). Listings are serialized
+process-wide, not per context (:data:`LISTING_LOCK`): libnftables 1.0.6 (Debian 12) formats a
+set's concatenated type for JSON output with ``strtok(3)``, whose state is global, so two threads
+listing tables with concatenated sets at once, even through two contexts, make it fail an
+assertion and abort the process (upstream uses ``strtok_r`` since August 2023). Applying takes
+JSON input and prints nothing, so it never waits for a listing. A context talks
 to the network namespace the thread was in when it first ran a command, so an :class:`Nft` runs a
 first (cheap) command on both contexts when it is created: create it in the namespace it is meant
 to manage.
@@ -26,6 +31,10 @@ from controller.errors import InternalError, KernelRejected
 
 Json = dict[str, Any]
 
+# Held for every listing in the process, by every Nft (tests run several agents in one process)
+# and by anything else that lists through its own libnftables context: see the module docstring.
+LISTING_LOCK = threading.Lock()
+
 # What libnftables says when the object listed does not exist (errno ENOENT's text).
 _NO_SUCH_OBJECT = "No such file or directory"
 
@@ -38,7 +47,6 @@ class Nft:
         self._lock = threading.Lock()
         self._nft = nftables.Nftables(sofile=library)
         self._nft.set_json_output(True)
-        self._list_lock = threading.Lock()
         self._list_nft = nftables.Nftables(sofile=library)
         self._list_nft.set_json_output(True)
         for context in (self._nft, self._list_nft):  # bind both to this thread's namespace now
@@ -60,7 +68,7 @@ class Nft:
     def list_table(self) -> Json | None:
         """``nft -j list table inet stockade`` as a document, or None when there is no such table."""
         query = {"nftables": [{"list": {"table": {"family": FAMILY, "name": TABLE}}}]}
-        with self._list_lock:
+        with LISTING_LOCK:
             rc, output, error = self._list_nft.json_cmd(query)
         if rc != 0:
             if _NO_SUCH_OBJECT in str(error):

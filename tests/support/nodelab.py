@@ -25,6 +25,7 @@ from compiler.ir import NodePlan
 from compiler.model import Namespace, NetworkPolicy, Node, Pod
 from compiler.plan import build_plan
 from compiler.render_json import render_json
+from controller.nft import LISTING_LOCK
 from tests.kernel.test_render_load import listing, nsexec, scratch_netns
 
 NODE = "n1"
@@ -232,7 +233,9 @@ def load_with_counters(ns: str, wanted: NodePlan, packets: int) -> None:
 class TableProbe:
     """A thread listing table ``inet stockade`` in a loop with its own libnftables context; it
     records every listing without the table or without rules. ``pause``: seconds between two
-    listings (0: back to back; a pause keeps the loop from taking a whole core on a shared host)."""
+    listings (0: back to back; a pause keeps the loop from taking a whole core on a shared host).
+    Each listing holds :data:`controller.nft.LISTING_LOCK`, as the applier's do: two listings at
+    once abort the process with libnftables 1.0.6."""
 
     def __init__(self, *, pause: float = 0.0) -> None:
         self.pause = pause
@@ -246,7 +249,8 @@ class TableProbe:
         nft.set_json_output(True)
         query = {"nftables": [{"list": {"table": {"family": "inet", "name": "stockade"}}}]}
         while not self._stop.is_set():
-            rc, out, err = nft.json_cmd(query)
+            with LISTING_LOCK:  # the applier under test lists too: libnftables 1.0.6 (controller.nft)
+                rc, out, err = nft.json_cmd(query)
             self.listings += 1
             if rc != 0:
                 self.gaps.append(f"no table: {err.strip()}")
