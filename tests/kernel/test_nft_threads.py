@@ -1,6 +1,7 @@
 """controller.nft under threads, against the real libnftables: several :class:`Nft` objects in one
 process (tests run several agents; an agent's drift check lists while another thread applies)
-listing tables with concatenated sets at once must neither abort nor wait for an apply.
+listing tables with concatenated sets at once, with or without an apply running, must neither
+abort the process nor starve a thread.
 
 libnftables 1.0.6 formats a concatenated set type for JSON output with ``strtok(3)``, whose state
 is process-global: two unserialized listings abort the process within a second here
