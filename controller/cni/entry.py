@@ -19,8 +19,9 @@ from __future__ import annotations
 import gc
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    """:func:`controller.cni.plugin.main`, with the collector off from here on."""
     gc.disable()
     from controller.cni.plugin import main as plugin_main  # noqa: PLC0415 - after the collector is off
 
-    return plugin_main()
+    return plugin_main(argv)
