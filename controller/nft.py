@@ -31,8 +31,9 @@ from controller.errors import InternalError, KernelRejected
 
 Json = dict[str, Any]
 
-# Held for every listing in the process, by every Nft (tests run several agents in one process)
-# and by anything else that lists through its own libnftables context: see the module docstring.
+# Held for every listing of a table in the process, by every Nft (tests run several agents in one
+# process) and by anything else that lists one through its own libnftables context: see the module
+# docstring. Not for the `list tables` a new Nft runs to bind its contexts: it prints no sets.
 LISTING_LOCK = threading.Lock()
 
 # What libnftables says when the object listed does not exist (errno ENOENT's text).
